@@ -34,17 +34,22 @@ def _tensorflow_loaded() -> bool:
 # Fact 1: set the flag at import time, so `import tfrec.compat` first is all an entry point needs.
 if not _tensorflow_loaded():
     os.environ[_LEGACY_KERAS_FLAG] = "1"
+    # TensorFlow's C++ INFO/WARNING chatter (CPU feature hints, missing CUDA) buries tfrec's
+    # own output; errors still show, and a user's own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def tensorflow() -> Any:
     """Return the ``tensorflow`` module, checked to be in Keras 2 (tf-keras) mode."""
     import tensorflow as tf
 
-    keras_module = getattr(tf.keras, "__name__", "")
-    if not keras_module.startswith("tf_keras"):
+    # Check a class, not the module name: `from tensorflow.keras import x` (keras-tuner does it)
+    # re-binds tf.keras to a copy of tf_keras named "tensorflow.keras", still Keras 2.
+    model_module = getattr(getattr(tf.keras, "Model", None), "__module__", "")
+    if not model_module.startswith("tf_keras"):
         raise CompatibilityError(
-            "tf.keras is %r, not tf_keras: TensorFlow was imported before tfrec.compat set "
-            "%s=1. Import tfrec (or tfrec.compat) before tensorflow." % (keras_module, _LEGACY_KERAS_FLAG)
+            "tf.keras.Model comes from %r, not tf_keras: TensorFlow was imported before tfrec.compat set "
+            "%s=1. Import tfrec (or tfrec.compat) before tensorflow." % (model_module, _LEGACY_KERAS_FLAG)
         )
     return tf
 
@@ -59,6 +64,8 @@ _TFR_PACKAGES = ("tensorflow_ranking", "tensorflow_ranking.python", "tensorflow_
 
 
 def _register_tfr_namespaces() -> None:
+    if all(name in sys.modules for name in _TFR_PACKAGES):
+        return  # registered before (find_spec would fail on a stand-in without __spec__)
     spec = importlib.util.find_spec("tensorflow_ranking")
     if spec is None or not spec.submodule_search_locations:
         raise CompatibilityError("tensorflow-ranking is not installed (pip install tensorflow-ranking==0.5.3)")

@@ -20,6 +20,7 @@ from tfrec.version import __version__
 
 DEFAULTS = "defaults"
 _MAX_EXTENDS_DEPTH = 8
+_MAIN_FILE = ""  # key under which `sources` remembers the file given to load_config
 
 
 class ConfigError(ValueError):
@@ -122,6 +123,7 @@ def _merge(base: dict, over: Mapping) -> dict:
 
 def _source_of(sources: Mapping[str, str], key: str) -> str:
     """The layer that set ``key`` or, failing that, its closest parent."""
+    key = key.split("[", 1)[0]  # a list element comes from the layer that set the list
     probe = key
     while probe:
         if probe in sources:
@@ -130,7 +132,8 @@ def _source_of(sources: Mapping[str, str], key: str) -> str:
     for dotted, source in sources.items():  # a parent key reported: any child's source will do
         if dotted.startswith(key + "."):
             return source
-    return DEFAULTS
+    # A default nobody set: the loaded file is what the user can change to fix it.
+    return sources.get(_MAIN_FILE, DEFAULTS)
 
 
 def _type_name(tp: Any) -> str:
@@ -245,7 +248,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     layers: list[_Layer] = _file_layers(Path(path)) if path is not None else []
     layers += [_override_layer(o) for o in overrides]
     merged: dict = {}
-    sources: dict[str, str] = {}
+    sources: dict[str, str] = {_MAIN_FILE: str(path)} if path is not None else {}
     for layer in layers:
         merged = _merge(merged, layer.values)
         for dotted in _leaves(layer.values):
@@ -306,7 +309,7 @@ def dump_config(config: Config) -> str:
 def save_config(loaded: LoadedConfig, path: str | Path) -> Path:
     """Write the resolved config (with a header naming its layers) so the run can be reproduced."""
     path = Path(path)
-    layers = list(dict.fromkeys(loaded.sources.values()))  # first-set order, without repeats
+    layers = list(dict.fromkeys(v for k, v in loaded.sources.items() if k != _MAIN_FILE))
     header = ["# Resolved tfrec %s configuration: load it with `tfrec train --config %s`." % (__version__, path.name)]
     header += ["# Layers: defaults" + "".join(" -> %s" % s for s in layers)]
     path.write_text("\n".join(header) + "\n" + dump_config(loaded.config), encoding="utf-8")

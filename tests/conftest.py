@@ -1,0 +1,60 @@
+"""Shared fixtures: where the shared datasets are, and small real slices of them as CSV files."""
+from __future__ import annotations
+
+import tfrec  # noqa: F401  (first: Keras 2 mode before any test imports TensorFlow)
+
+import csv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The shared datasets folder; tests that need it skip with a reason if it is absent."""
+    if not (SHARED / "homedepot" / "products.csv").is_file():
+        pytest.skip("../shared/datasets is not beside the repository")
+    return SHARED
+
+
+@pytest.fixture()
+def in_repo(monkeypatch):
+    """Run the test from the repository root, where configs/ and ../shared resolve."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("TFREC_DATA_DIR", raising=False)
+    return ROOT
+
+
+def write_homedepot_slice(shared: Path, dest: Path, n_queries: int = 40) -> Path:
+    """Copy the judgments of the first ``n_queries`` train/valid queries and their products."""
+    dest.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for split in ("train", "valid"):
+        with open(shared / "homedepot" / ("%s.csv" % split), encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        queries: list[str] = []
+        kept = []
+        for row in body:
+            if row[0] not in queries:
+                if len(queries) == n_queries:
+                    continue
+                queries.append(row[0])
+            kept.append(row)
+        used.update(r[1] for r in kept)
+        with open(dest / ("%s.csv" % split), "w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows([header, *kept])
+    with open(shared / "homedepot" / "products.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(dest / "products.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([rows[0], *[r for r in rows[1:] if r[0] in used]])
+    return dest
+
+
+@pytest.fixture()
+def homedepot_slice(shared_datasets, tmp_path) -> Path:
+    """A small real slice of Home Depot (products.csv, train.csv, valid.csv) in a temp folder."""
+    return write_homedepot_slice(shared_datasets, tmp_path / "homedepot")

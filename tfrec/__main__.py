@@ -1,0 +1,6 @@
+"""``python -m tfrec`` runs the command line."""
+import sys
+
+from tfrec.cli.main import main
+
+sys.exit(main())

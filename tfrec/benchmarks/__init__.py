@@ -1,0 +1,22 @@
+"""Benchmarks: each writes a JSON file and a Markdown table a person can read."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from tfrec.benchmarks import data_layer
+
+BENCHMARKS = {"data_layer": data_layer.run}
+
+
+def run_benchmarks(out_dir: Path, only: Optional[list[str]] = None, data_config: str = "configs/default.yaml") -> list[Path]:
+    """Run the selected benchmarks (default: all) and return the result files written."""
+    names = only or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError("unknown benchmark(s) %s; known: %s" % (", ".join(unknown), ", ".join(BENCHMARKS)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name in names:
+        written.extend(BENCHMARKS[name](out_dir, data_config))
+    return written

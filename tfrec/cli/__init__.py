@@ -1,0 +1,1 @@
+"""The ``tfrec`` command line interface."""
