@@ -13,7 +13,7 @@ import numpy as np
 
 from tfrec.data.tables import Catalog, Interactions, Judgments
 
-_BRANDS = ["Acme", "Bolt", "Cedar", "Delta", "Everbright", "Fjord", "Granite", "Harbor"]
+_BRANDS = ["Acme", "Bolt", "Cobalt", "Delta", "Everbright", "Fjord", "Granite", "Harbor"]
 _KINDS = {
     "tools": ["drill", "hammer", "saw", "wrench", "screwdriver", "sander"],
     "paint": ["primer", "stain", "enamel", "sealer", "varnish", "coating"],
