@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,6 +133,41 @@ def _serving_module(encoder) -> tf.Module:
     return module
 
 
+# Runs in a fresh process that imports only tensorflow and tensorflow_text, as TF Serving would,
+# with op threads fixed before the runtime starts (they cannot be changed afterwards).
+_LATENCY_SCRIPT = """
+import json, sys, time
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
+intra, inter = int(sys.argv[2]), int(sys.argv[3])
+tf.config.threading.set_intra_op_parallelism_threads(intra)
+tf.config.threading.set_inter_op_parallelism_threads(inter)
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+queries = json.loads(open(sys.argv[4], encoding="utf-8").read())
+inputs = [tf.constant([q]) for q in queries]
+for x in inputs[:30]:
+    serve(texts=x)
+times = []
+for x in inputs:
+    started = time.perf_counter()
+    serve(texts=x)["embedding"].numpy()
+    times.append((time.perf_counter() - started) * 1000)
+print(json.dumps({"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}))
+"""
+
+
+def _fresh_process_latency(path: Path, queries: list[str], intra: int, inter: int) -> dict:
+    """Median/p90 batch-1 latency of a SavedModel in a TF-only process with the given op threads."""
+    query_file = path.parent / "latency_queries.json"
+    query_file.write_text(json.dumps(queries), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", _LATENCY_SCRIPT, str(path), str(intra), str(inter), str(query_file)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError("latency subprocess failed: %s" % done.stderr.strip().splitlines()[-1:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _query_latency(queries: list[str], text_cfg: TextConfig, workdir: Path) -> list[dict]:
     from tfrec.text.encoder import TextEncoder
     from tfrec.text.model_files import resolve_model_files
@@ -155,6 +191,11 @@ def _query_latency(queries: list[str], text_cfg: TextConfig, workdir: Path) -> l
             times.append((time.perf_counter() - started) * 1000)
         rows.append({"path": "SavedModel, padding=%s" % pad_to, "queries": len(inputs),
                      "median_ms": round(float(np.median(times)), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)})
+        for intra, inter in ((0, 0), (1, 1)):  # 0 = TensorFlow's default (all cores)
+            measured = _fresh_process_latency(path, queries[:300], intra, inter)
+            rows.append({"path": "SavedModel, padding=%s, fresh TF-only process, op threads intra=%s inter=%s"
+                         % (pad_to, intra or "default", inter or "default"), "queries": len(inputs),
+                         "median_ms": round(measured["median_ms"], 2), "p90_ms": round(measured["p90_ms"], 2)})
     # Where the time goes (in-process tf.functions, batch padding): tokenizer vs BERT, and XLA.
     tokenize = tf.function(lambda x: encoder.tokenizer(x))
     tokens = [tokenize(x) for x in inputs]

@@ -5,7 +5,7 @@ epoch; the trainable parts (projection, fusion, towers) run on top of them.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def frozen_encoder(text_cfg: TextConfig, **kwargs: Any) -> TextEncoder:
     )
 
 
-def float32_encode_fn(encoder: TextEncoder):
+def float32_encode_fn(encoder: TextEncoder) -> Callable[[Sequence[str]], np.ndarray]:
     """A batch function texts -> [n, dim] float32 running the in-graph encoder."""
     # Bucketed padding gives a few distinct lengths (multiples of 8): one trace each.
     run = tf.function(lambda texts: encoder(texts), reduce_retracing=True)
