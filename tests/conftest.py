@@ -20,6 +20,17 @@ def shared_datasets() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def files():
+    """The shipped MiniLM model folder (skips with the install hint if absent)."""
+    from tfrec.text.model_files import ModelFilesError, resolve_model_files
+
+    try:
+        return resolve_model_files()
+    except ModelFilesError as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture()
 def in_repo(monkeypatch):
     """Run the test from the repository root, where configs/ and ../shared resolve."""
@@ -52,6 +63,21 @@ def write_homedepot_slice(shared: Path, dest: Path, n_queries: int = 40) -> Path
     with open(dest / "products.csv", "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([rows[0], *[r for r in rows[1:] if r[0] in used]])
     return dest
+
+
+def homedepot_titles_and_queries(shared: Path, n_titles: int, n_queries: int) -> tuple[list[str], list[str]]:
+    """The first ``n_titles`` product titles and the first ``n_queries`` distinct train queries."""
+    folder = shared / "homedepot"
+    with open(folder / "products.csv", encoding="utf-8", newline="") as f:
+        titles = [row["title"] for row, _ in zip(csv.DictReader(f), range(n_titles))]
+    queries: list[str] = []
+    with open(folder / "train.csv", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["query"] not in queries:
+                queries.append(row["query"])
+            if len(queries) == n_queries:
+                break
+    return titles, queries
 
 
 @pytest.fixture()

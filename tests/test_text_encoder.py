@@ -4,7 +4,6 @@ from __future__ import annotations
 import tfrec  # noqa: F401  (first: Keras 2 mode before TensorFlow)
 
 import base64
-import csv
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import homedepot_titles_and_queries
 from tfrec import compat
 from tfrec.config.schema import TextConfig
 from tfrec.text.encoder import TextEncoder, WeightLoadingError, load_bert
@@ -34,15 +34,6 @@ EXPORT_INPUTS = [
 
 
 @pytest.fixture(scope="module")
-def files():
-    """The shipped MiniLM model folder (skips with the install hint if absent)."""
-    try:
-        return resolve_model_files()
-    except ModelFilesError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def bert(files):
     """MiniLM loaded once for the module; tests that change its weights load their own."""
     return load_bert(files, with_pooler=False)
@@ -57,16 +48,7 @@ def encoder(files, bert):
 @pytest.fixture(scope="module")
 def sample_texts(shared_datasets):
     """32 real product titles and 32 real queries."""
-    folder = shared_datasets / "homedepot"
-    with open(folder / "products.csv", encoding="utf-8", newline="") as f:
-        titles = [row["title"] for row, _ in zip(csv.DictReader(f), range(32))]
-    queries: list[str] = []
-    with open(folder / "train.csv", encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["query"] not in queries:
-                queries.append(row["query"])
-            if len(queries) == 32:
-                break
+    titles, queries = homedepot_titles_and_queries(shared_datasets, 32, 32)
     return titles + queries
 
 

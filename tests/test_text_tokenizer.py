@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import homedepot_titles_and_queries
 from tfrec import compat
-from tfrec.text.model_files import ModelFilesError, resolve_model_files
 from tfrec.text.tokenizer import BertTokenizerLayer, longest_first_lengths
 
 tf = compat.tensorflow()
@@ -45,15 +45,6 @@ EDGE_CASES = {
 
 
 @pytest.fixture(scope="module")
-def files():
-    """The shipped MiniLM model folder (skips with the install hint if absent)."""
-    try:
-        return resolve_model_files()
-    except ModelFilesError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def hf(files):
     """HF's fast tokenizer for the same vocab, built from the local file only (no hub)."""
     transformers = pytest.importorskip("transformers")
@@ -63,17 +54,7 @@ def hf(files):
 @pytest.fixture(scope="module")
 def homedepot_text(shared_datasets):
     """The first 1,000 product titles and the first 1,000 distinct train queries."""
-    folder = shared_datasets / "homedepot"
-    with open(folder / "products.csv", encoding="utf-8", newline="") as f:
-        titles = [row["title"] for row, _ in zip(csv.DictReader(f), range(1000))]
-    queries: list[str] = []
-    with open(folder / "train.csv", encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["query"] not in queries:
-                queries.append(row["query"])
-            if len(queries) == 1000:
-                break
-    return titles, queries
+    return homedepot_titles_and_queries(shared_datasets, 1000, 1000)
 
 
 def _hf_encode(hf, texts, max_length, pairs=None):

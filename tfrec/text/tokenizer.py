@@ -278,7 +278,7 @@ def longest_first_lengths(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tu
     """How many tokens of each text to keep, per row, under tokenizers' ``longest_first`` truncation."""
     len_a, len_b = tf.cast(len_a, tf.int64), tf.cast(len_b, tf.int64)
     budget = tf.constant(budget, tf.int64)
-    short, long_ = tf.minimum(len_a, len_b), tf.maximum(len_a, len_b)
+    short = tf.minimum(len_a, len_b)
     long_keep = tf.where(short > budget, short, tf.maximum(short, budget - short))
     halve = short + long_keep > budget
     short_keep = tf.where(halve, budget // 2, short)
