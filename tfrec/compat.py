@@ -95,7 +95,7 @@ def tf_ranking() -> types.SimpleNamespace:
 
 def keras_tuner() -> Any:
     """Return ``keras_tuner`` imported in its tf.keras (Keras 2) mode."""
-    tf = tensorflow()
+    tensorflow()  # Keras 2 mode must hold before keras_tuner looks at Keras
     loaded = sys.modules.get("keras_tuner")
     if loaded is None:
         import tf_keras
@@ -116,5 +116,4 @@ def keras_tuner() -> Any:
             "keras_tuner was imported in Keras 3 mode before tfrec.compat.keras_tuner(); "
             "its tuners would reject tf.keras models. Get keras_tuner only through tfrec.compat."
         )
-    del tf
     return loaded
