@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "PyYAML>=6.0",
     "tqdm>=4.66",
+    "bm25s==0.3.16",  # the lexical baselines (plain and stemmed BM25) every search report compares
+    "PyStemmer==3.1.0",  # Snowball stemmers for the stemmed baseline and tfrec's in-graph lexical index
 ]
 
 setup(

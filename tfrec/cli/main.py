@@ -54,21 +54,38 @@ def _load_and_describe(loaded) -> tuple[object, dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the configured models (this release: load, validate and describe the data)."""
-    from tfrec.data.stats import format_stats
+    """Train the configured models: search datasets train retrieval + ranker, evaluate, report."""
+    from tfrec.data.slices import slice_search_data
+    from tfrec.data.stats import dataset_stats, format_stats
+    from tfrec.data.tables import SearchData
     from tfrec.runs import STATS_FILE, create_run_dir, write_json
 
     loaded = _load(args)
     run_dir = create_run_dir(loaded)
     _info("run directory %s (resolved config saved as config.yaml)" % run_dir)
-    _data, stats = _load_and_describe(loaded)
+    data, stats = _load_and_describe(loaded)
+    dc = loaded.config.data
+    if isinstance(data, SearchData) and (dc.max_train_queries or dc.max_valid_queries or dc.max_products):
+        data = slice_search_data(
+            data, max_train_queries=dc.max_train_queries, max_valid_queries=dc.max_valid_queries,
+            max_products=dc.max_products, seed=loaded.config.run.seed,
+        )
+        stats = dataset_stats(data, loaded.config)
+        _info("data sliced for this run (data.max_* keys): statistics below are of the slice")
     write_json(run_dir / STATS_FILE, stats)
     for line in format_stats(stats):
         _out(line)
-    _info(
-        "note: this release validates and describes the data; model training (retrieval, ranking, "
-        "recommendation) is not in this release yet, so the run holds no model."
-    )
+    if isinstance(data, SearchData):
+        from tfrec.search.pipeline import train_search
+
+        started = time.perf_counter()
+        train_search(loaded, data, run_dir)
+        _out("trained in %.1f min" % ((time.perf_counter() - started) / 60))
+    else:
+        _info(
+            "note: recommendation training (dataset %s) is not in this release yet; the run holds the data "
+            "statistics only" % dc.dataset
+        )
     _out("run_dir: %s" % run_dir)
     return 0
 
@@ -114,9 +131,17 @@ def _require_run(run: str) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a run's trained models as SavedModels."""
+    """Export a run's trained models as SavedModels (TF Serving layout: <dir>/<model>/<version>/)."""
     run = _require_run(args.run)
-    raise NotAvailable("run %s holds no trained model to export: model training and export are not in this release yet" % run)
+    if not (run / "search_config.json").is_file():
+        raise NotAvailable("run %s holds no trained search model; only search runs export in this release" % run)
+    from tfrec.search.export import export_search, load_search_models
+
+    _info("rebuilding the trained models of %s ..." % run)
+    exported = export_search(load_search_models(run), Path(args.export_dir))
+    for name, info in exported.items():
+        _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

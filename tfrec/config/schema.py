@@ -95,6 +95,11 @@ class DataConfig:
     catalog: CatalogFiles = field(default_factory=CatalogFiles)
     judgments: JudgmentFiles = field(default_factory=JudgmentFiles)
     interactions: InteractionFiles = field(default_factory=InteractionFiles)
+    # A seeded slice for smoke runs (0 = everything): at most this many train / valid queries, and
+    # a catalog of their judged products plus random others up to max_products.
+    max_train_queries: int = _bounded(0, min=0)
+    max_valid_queries: int = _bounded(0, min=0)
+    max_products: int = _bounded(0, min=0)
 
     def problems(self) -> list[tuple[str, str]]:
         """List (field, message) for rules that span fields."""
@@ -137,20 +142,85 @@ class TrainConfig:
     shuffle_buffer: int = _bounded(10_000, min=1)
 
 
+TextTraining = Literal["frozen", "top_layers", "full"]
+RankingLoss = Literal["softmax", "listmle", "approx_ndcg", "pairwise_logistic", "mse"]
+
+
 @dataclass
 class RetrievalConfig:
-    """Retrieval (query -> products) data settings."""
+    """The search two-tower model (TFRS), its training and the hybrid lexical + dense index."""
 
     # Judgments with relevance >= this become (query, positive product) training pairs.
     min_relevance: float = 2.0
+    # Candidates each query retrieves from the whole catalog (the ranker re-orders them).
     top_k: int = _bounded(100, min=1)
+    # Which BERT weights fine-tune in the towers (both towers share one BERT).
+    text_training: TextTraining = "full"
+    trainable_layers: int = _bounded(2, min=1)
+    query_max_length: int = _bounded(16, min=4, max=512)
+    epochs: int = _bounded(1, min=0)
+    batch_size: int = _bounded(64, min=2)
+    learning_rate: float = _bounded(3e-5, min=0.0, exclusive_min=True)  # BERT (warm-up, linear decay)
+    head_learning_rate: float = _bounded(1e-3, min=0.0, exclusive_min=True)  # id embedding / fusion
+    # Softmax temperature of the in-batch loss over cosine scores.
+    temperature: float = _bounded(0.05, min=0.0, exclusive_min=True)
+    # logQ correction of in-batch negatives by each product's share of the training pairs.
+    sampling_correction: bool = True
+    remove_accidental_hits: bool = True
+    # Product-id embedding in the product tower (training products only; others take the text path).
+    product_id: bool = True
+    id_embedding_dim: int = _bounded(64, min=1)
+    id_dropout: float = _bounded(0.5, min=0.0, max=1.0)
+    # 0: every pair; N: a seeded sample of N pairs (smoke tests, quick configs).
+    max_pairs: int = _bounded(0, min=0)
+    # Dense top-k index used in-process: brute_force (exact, exportable) or scann (approximate, fast;
+    # stock TF Serving cannot load ScaNN ops, so exports always use brute force).
+    index: Literal["brute_force", "scann"] = "brute_force"
+    # Hybrid retrieval score = dense_weight * z(fine-tuned cosine) + lexical_weight * z(BM25)
+    # + zero_shot_weight * z(zero-shot MiniLM cosine), z-scored per query over the catalog.
+    # null: chosen on the tuning half of the valid queries (evaluation.tune_fraction).
+    lexical_weight: Optional[float] = None
+    zero_shot_weight: Optional[float] = None
+
+
+@dataclass
+class CrossEncoderConfig:
+    """The optional TFR-BERT style cross-encoder ranker (BERT over "[CLS] query [SEP] title")."""
+
+    enabled: bool = False
+    epochs: int = _bounded(1, min=0)
+    max_length: int = _bounded(48, min=8, max=512)
+    batch_size: int = _bounded(8, min=1)  # lists per step
+    learning_rate: float = _bounded(3e-5, min=0.0, exclusive_min=True)
+    # 0: every training list; N: a seeded sample (CPU budgets).
+    max_lists: int = _bounded(0, min=0)
 
 
 @dataclass
 class RankingConfig:
-    """Listwise ranking data settings."""
+    """The listwise ranker (TF-Ranking losses) over retrieved candidates."""
 
+    # Judged products per training list (Home Depot queries have at most 16).
     list_size: int = _bounded(16, min=2)
+    # Unjudged retrieved candidates added to each training list with the lowest label, so the ranker
+    # learns to order what retrieval returns, not only the judged products.
+    negatives: int = _bounded(16, min=0)
+    # Share of training queries held out of retrieval training: the ranker trains on them, where the
+    # two-tower scores are as (un)sure as on new queries.
+    holdout_fraction: float = _bounded(0.25, min=0.0, max=0.9)
+    loss: RankingLoss = "softmax"
+    epochs: int = _bounded(20, min=0)
+    batch_size: int = _bounded(32, min=1)
+    learning_rate: float = _bounded(1e-3, min=0.0, exclusive_min=True)
+    hidden_units: list[int] = field(default_factory=lambda: [64, 32])
+    cross_layers: int = _bounded(1, min=0)  # DCN-v2 cross layers before the MLP
+    dropout: float = _bounded(0.1, min=0.0, max=0.9)
+    # A product-id embedding in the ranker (products of the two towers' queries only; others get
+    # zeros). Off by default: on Home Depot, judged products are exactly the catalog, so "has an id"
+    # tracks "was judged" and the ranker could learn the leakage trap instead of relevance.
+    product_id: bool = False
+    id_dropout: float = _bounded(0.5, min=0.0, max=1.0)
+    cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
 
 
 @dataclass
@@ -167,6 +237,12 @@ class EvaluationConfig:
     ks: list[int] = field(default_factory=lambda: [10, 100, 1000])
     # Judged products with relevance >= this count as positives in retrieval metrics.
     positive_relevance: float = 2.5
+    # Share of valid queries on which free choices (hybrid weights) are tuned; the report gives the
+    # other share separately, untouched by tuning.
+    tune_fraction: float = _bounded(0.5, min=0.0, max=1.0)
+    bootstrap_resamples: int = _bounded(2000, min=100)
+    # Evaluate the four search baselines (BM25, stemmed BM25, zero-shot MiniLM, hybrid) too.
+    baselines: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
         """List (field, message) for rules that span fields."""

@@ -98,6 +98,7 @@ class FeatureFusion(tf.keras.layers.Layer):
         dropout: float = 0.0,
         layer_norm: bool = False,
         normalize_output: bool = True,
+        residual: bool = False,
         seed: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
@@ -150,6 +151,10 @@ class FeatureFusion(tf.keras.layers.Layer):
         self.dropout = _rate(dropout, "dropout")
         self.layer_norm = bool(layer_norm)
         self.normalize_output = bool(normalize_output)
+        # residual: output = text_embedding + MLP(all features), the MLP's last layer starting at zero, so
+        # the layer starts as the pretrained text embedding and fine-tuning moves away from it only as far
+        # as the other features earn (a random MLP would throw away the zero-shot geometry at step 0).
+        self.residual = bool(residual)
         self._build_sublayers()
 
     # -- construction ----------------------------------------------------------------------
@@ -191,7 +196,9 @@ class FeatureFusion(tf.keras.layers.Layer):
             if self.dropout:
                 block.append(tf.keras.layers.Dropout(self.dropout, seed=self.seed, name="hidden_%d_dropout" % i))
             self._hidden.append(block)
-        self._output = tf.keras.layers.Dense(self.output_dim, name="output")
+        self._output = tf.keras.layers.Dense(
+            self.output_dim, kernel_initializer="zeros" if self.residual else "glorot_uniform", name="output"
+        )
         self._numeric_norm = None  # created in build(), once the statistics are known
 
     def adapt(self, numeric_data: Mapping[str, Any]) -> None:
@@ -314,6 +321,13 @@ class FeatureFusion(tf.keras.layers.Layer):
             for layer in block:
                 x = layer(x, training=training) if isinstance(layer, tf.keras.layers.Dropout) else layer(x)
         x = self._output(x)
+        if self.residual:
+            if text.shape[-1] is not None and text.shape[-1] != self.output_dim:
+                raise ValueError(
+                    "FeatureFusion(residual=True) needs output_dim == the text embedding size (%d), got %d"
+                    % (text.shape[-1], self.output_dim)
+                )
+            x = text + x
         if self.normalize_output:
             x = tf.math.l2_normalize(x, axis=-1)
         return x
@@ -345,6 +359,7 @@ class FeatureFusion(tf.keras.layers.Layer):
             dropout=self.dropout,
             layer_norm=self.layer_norm,
             normalize_output=self.normalize_output,
+            residual=self.residual,
             seed=self.seed,
         )
         return config

@@ -1,0 +1,158 @@
+"""The search path end to end on a small real Home Depot slice: train, evaluate, report, export, reload.
+
+One module-scoped run trains the two towers and the ranker (about a minute on 2 cores); the
+tests read its outputs. The export is reloaded in a fresh process that imports only TensorFlow
+and tensorflow-text, as TF Serving would, and must give the numbers the evaluation used.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfrec.cli.main import main
+
+SLICE = [
+    "data.max_train_queries=40", "data.max_valid_queries=20", "data.max_products=300",
+    "retrieval.top_k=20", "retrieval.batch_size=16", "ranking.epochs=2", "ranking.negatives=4",
+    "evaluation.ks=[10,20]", "evaluation.bootstrap_resamples=100",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shared_datasets):
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("search")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        args = ["train", "--config", "configs/quick.yaml"]
+        for item in SLICE + ["run.output_dir=%s" % tmp, "text.cache_dir=%s" % (tmp / "cache")]:
+            args += ["--set", item]
+        assert main(args) == 0
+    finally:
+        os.chdir(old)
+    runs = [p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("homedepot-quick")]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_metrics_cover_every_view_with_seen_cold_split(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    systems = metrics["systems"]
+    for name in ("bm25", "bm25_stemmed", "minilm_zero_shot", "hybrid_bm25_minilm", "tfrec_two_tower", "tfrec_hybrid", "tfrec_search"):
+        assert name in systems, name
+    hybrid = systems["tfrec_hybrid"]["retrieval"]
+    assert 0.0 <= hybrid["recall@10"] <= hybrid["recall@20"] <= 1.0
+    assert {"seen", "cold"} <= set(hybrid)
+    search = systems["tfrec_search"]
+    assert 0.0 < search["e2e"]["ndcg@10"] <= 1.0
+    assert systems["random"]["rerank"]["ndcg@10"] <= systems["perfect"]["rerank"]["ndcg@10"]
+    assert 0.0 < search["rerank"]["ndcg@10"] <= systems["perfect"]["rerank"]["ndcg@10"] + 1e-9
+    # Targets are derived from the strongest baseline measured in the same run.
+    for target in metrics["targets"]:
+        best = systems[target["strongest_baseline"]][target["view"]][target["metric"]]
+        assert target["target"] == pytest.approx(best + {"e2e": 0.05, "retrieval": 0.05, "rerank": 0.005}[target["view"]], abs=1e-4)
+    index = metrics["training"]["retrieval"]["index"]
+    assert 0.0 <= index["scann_vs_brute_force_top10_overlap"] <= 1.0
+    assert metrics["halves"]["tune"]["n_queries"] + metrics["halves"]["holdout"]["n_queries"] == metrics["n_queries"]["e2e"]
+
+
+def test_report_files_written(run_dir):
+    for name in ("report.md", "report.html", "config.yaml", "search_config.json", "lexical/lexical_index.json"):
+        assert (run_dir / name).is_file(), name
+    assert "tfrec search" in (run_dir / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    import os
+
+    old = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[1])
+    try:
+        assert main(["export", "--run", str(run_dir), "--export-dir", str(out)]) == 0
+    finally:
+        os.chdir(old)
+    return out
+
+
+def test_export_layout_and_versions(exported):
+    for name in ("search_retrieval", "search_ranker"):
+        versions = [p.name for p in (exported / name).iterdir()]
+        assert versions == ["1"], versions  # no temporary folder left behind
+        assert (exported / name / "1" / "saved_model.pb").is_file()
+
+
+def test_exports_reload_with_tensorflow_only_and_match_evaluation(run_dir, exported):
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (what TF Serving links; the exports must not need more)
+        out = {}
+        r = tf.saved_model.load(sys.argv[1] + "/search_retrieval/1").signatures["serving_default"]
+        spec = r.structured_input_signature[1]
+        out["retrieval_inputs"] = {k: [v.dtype.name, v.shape.as_list()] for k, v in spec.items()}
+        res = r(query=tf.constant(["cordless drill", "", "x" * 5000]))
+        out["product_ids_shape"] = res["product_ids"].shape.as_list()
+        out["product_ids"] = [[i.decode() for i in row] for row in res["product_ids"].numpy()]
+        out["scores"] = res["scores"].numpy().tolist()
+        k = tf.saved_model.load(sys.argv[1] + "/search_ranker/1").signatures["serving_default"]
+        spec = k.structured_input_signature[1]
+        out["ranker_inputs"] = {k2: [v.dtype.name, v.shape.as_list()] for k2, v in spec.items()}
+        pairs = json.loads(sys.argv[2])
+        s = k(query=tf.constant(pairs["query"]), product_id=tf.constant(pairs["product_id"]), title=tf.constant(pairs["title"]))
+        out["ranker_scores"] = s["score"].numpy().tolist()
+        print(json.dumps(out))
+        """
+    )
+    from tfrec.search.export import load_search_models
+
+    models = load_search_models(run_dir)
+    ids = models.ids
+    pairs = {"query": ["cordless drill", "cordless drill", "paint"], "product_id": [str(ids[0]), "not-a-product", str(ids[1])],
+             "title": ["a title", "brand new cordless drill 18v", ""]}
+    proc = subprocess.run([sys.executable, "-c", script, str(exported), json.dumps(pairs)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["retrieval_inputs"] == {"query": ["string", [None]]}
+    assert out["ranker_inputs"] == {k: ["string", [None]] for k in ("query", "product_id", "title")}
+    assert out["product_ids_shape"] == [3, models.top_k]
+    assert set(out["product_ids"][0]) <= set(ids.tolist())
+    assert np.all(np.diff(np.asarray(out["scores"]), axis=1) <= 1e-6)  # sorted, best first
+
+    # The exported retrieval returns what the evaluation ranked (same hybrid function, same weights).
+    from tfrec.retrieval.train import encode_queries
+    from tfrec.search.hybrid import CatalogScorer
+
+    query = ["cordless drill"]
+    scorer = CatalogScorer(models.catalog_dense, models.catalog_zero, models.lexical)
+    zero = np.asarray(models.zero_encoder(np.asarray(query)))
+    rows, scores = scorer.top_k(encode_queries(models.retrieval, query), zero, query, models.weights, models.top_k)
+    assert out["product_ids"][0][:5] == ids[rows[0, :5]].tolist()
+    np.testing.assert_allclose(out["scores"][0], scores[0], rtol=1e-3, atol=1e-3)
+
+    # The exported ranker scores like the in-process export module.
+    from tfrec.search.export import RankerExport
+
+    local = RankerExport(models.retrieval, models.zero_encoder, models.lexical, models.head)
+    import tensorflow as tf
+
+    expected = local.serve(tf.constant(pairs["query"]), tf.constant(pairs["product_id"]), tf.constant(pairs["title"]))["score"].numpy()
+    np.testing.assert_allclose(out["ranker_scores"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_of_a_run_without_search_model_is_refused(tmp_path, in_repo, capsys):
+    run = tmp_path / "not-a-run"
+    run.mkdir()
+    assert main(["export", "--run", str(run), "--export-dir", str(tmp_path / "x")]) != 0
+    assert "not a tfrec run directory" in capsys.readouterr().err

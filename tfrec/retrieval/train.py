@@ -1,0 +1,184 @@
+"""Training data, the training loop and batch encoding for the search two-tower model."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from tfrec import compat
+from tfrec.data.tables import Catalog, Judgments
+from tfrec.retrieval.model import SearchRetrievalModel
+
+tf = compat.tensorflow()
+
+
+class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total`` steps."""
+
+    def __init__(self, peak: float, total: int, warmup: int) -> None:
+        self.peak, self.total, self.warmup = float(peak), max(int(total), 1), max(int(warmup), 1)
+
+    def __call__(self, step: Any) -> Any:
+        step = tf.cast(step, tf.float32)
+        up = step / self.warmup
+        down = tf.maximum(0.0, (self.total - step) / max(self.total - self.warmup, 1))
+        return self.peak * tf.minimum(up, down)
+
+    def get_config(self) -> dict:
+        """Constructor arguments."""
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
+
+
+def training_pairs(
+    train: Judgments, catalog: Catalog, *, min_relevance: float, max_pairs: int = 0, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """(query, positive product) pairs from judgments >= min_relevance, weighted by relevance.
+
+    ``weight`` is the relevance scaled to mean 1; ``sampling_probability`` is each product's share of
+    the pairs (the chance it shows up as an in-batch negative, for the logQ correction);
+    ``query_group`` numbers the queries so other positives of the same query are masked.
+    """
+    keep = np.flatnonzero(train.labels >= min_relevance)
+    if keep.size == 0:
+        raise ValueError("no training judgment has relevance >= %g (retrieval.min_relevance)" % min_relevance)
+    rng = np.random.default_rng(seed)
+    if max_pairs and keep.size > max_pairs:
+        keep = np.sort(rng.choice(keep, size=max_pairs, replace=False))
+    products = train.products[keep]
+    counts = np.bincount(products, minlength=len(catalog)).astype(np.float64)
+    labels = train.labels[keep].astype(np.float64)
+    _, group = np.unique(train.queries[keep].astype(str), return_inverse=True)
+    titles = catalog.text()
+    return {
+        "query": train.queries[keep].astype(str),
+        "product_id": catalog.ids[products].astype(str),
+        "title": titles[products].astype(str),
+        "weight": (labels / labels.mean()).astype(np.float32),
+        "sampling_probability": (counts[products] / keep.size).astype(np.float32),
+        "query_group": group.astype(np.int32),
+    }
+
+
+def compile_for_training(
+    model: SearchRetrievalModel, *, steps: int, learning_rate: float, head_learning_rate: float, warmup_fraction: float = 0.1
+) -> None:
+    """Adam with warm-up and linear decay for BERT; a separate, larger learning rate for the fusion head."""
+    warmup = max(1, int(steps * warmup_fraction))
+    model.compile(optimizer=tf.keras.optimizers.Adam(WarmupLinearDecay(learning_rate, steps, warmup)))
+    model.head_optimizer = tf.keras.optimizers.Adam(WarmupLinearDecay(head_learning_rate, steps, warmup))
+
+
+def train_retrieval(
+    model: SearchRetrievalModel,
+    pairs: dict[str, np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    head_learning_rate: float,
+    seed: int = 0,
+    verbose: Optional[int] = None,
+) -> dict[str, Any]:
+    """Fit on the pairs (shuffled each epoch, last partial batch dropped); returns loss and speed."""
+    n = len(pairs["query"])
+    if n < 2:
+        raise ValueError("retrieval training needs at least 2 pairs (in-batch negatives), got %d" % n)
+    batch_size = min(batch_size, n)
+    steps_per_epoch = n // batch_size
+    compile_for_training(
+        model, steps=steps_per_epoch * max(epochs, 1), learning_rate=learning_rate, head_learning_rate=head_learning_rate
+    )
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(pairs)
+        .shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(2)
+    )
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    start = time.perf_counter()
+    history = model.fit(dataset, epochs=epochs, verbose=verbose) if epochs > 0 else None
+    seconds = time.perf_counter() - start
+    losses = [float(x) for x in history.history.get("loss", [])] if history else []
+    return {
+        "pairs": n,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "steps": steps_per_epoch * epochs,
+        "loss_per_epoch": losses,
+        "seconds": round(seconds, 1),
+        "pairs_per_second": round(n * epochs / seconds, 1) if seconds > 0 and epochs else None,
+    }
+
+
+def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """Row batches of similar text length, so batch padding stays short."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+
+
+def encode_texts(encoder: Any, texts: Sequence[str], *, batch_size: int = 256, progress: bool = False, desc: str = "encode") -> np.ndarray:
+    """Run a text encoder over many strings in length-sorted batches; rows keep the input order."""
+    texts = [str(t) for t in texts]
+    out = np.zeros((len(texts), encoder.output_dim), np.float32)
+    run = tf.function(lambda x: encoder(x, training=False), reduce_retracing=True)
+    batches = _length_sorted_batches(texts, batch_size)
+    for rows in _progress(batches, len(batches), desc, progress):
+        out[rows] = run(tf.constant([texts[i] for i in rows])).numpy()
+    return out
+
+
+def encode_catalog(
+    model: SearchRetrievalModel, ids: Sequence[str], titles: Sequence[str], *, batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
+    """Product vectors [N, dim] of a whole catalog (title through the fine-tuned encoder, then the id fusion)."""
+    text = encode_texts(model.title_encoder, titles, batch_size=batch_size, progress=progress, desc="encode catalog")
+    fuse = tf.function(lambda v, i: model.fuse(v, i, training=False), reduce_retracing=True)
+    out = np.zeros_like(text)
+    ids = np.asarray(ids).astype(str)
+    for start in range(0, len(ids), 4096):
+        stop = start + 4096
+        out[start:stop] = fuse(tf.constant(text[start:stop]), tf.constant(ids[start:stop])).numpy()
+    return out
+
+
+def encode_queries(model: SearchRetrievalModel, queries: Sequence[str], *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Query vectors [Q, dim]."""
+    return encode_texts(model.query_encoder, queries, batch_size=batch_size, progress=progress, desc="encode queries")
+
+
+def top_k_dot(queries: np.ndarray, catalog: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k rows of catalog by dot product for each query (numpy, chunked over queries)."""
+    k = min(k, catalog.shape[0])
+    rows = np.zeros((len(queries), k), np.int32)
+    scores = np.zeros((len(queries), k), np.float32)
+    for start in range(0, len(queries), chunk):
+        s = queries[start : start + chunk] @ catalog.T
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        rows[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+        scores[start : start + chunk] = np.take_along_axis(ps, order, axis=1)
+    return rows, scores
+
+
+__all__ = [
+    "WarmupLinearDecay",
+    "training_pairs",
+    "compile_for_training",
+    "train_retrieval",
+    "encode_texts",
+    "encode_catalog",
+    "encode_queries",
+    "top_k_dot",
+]
