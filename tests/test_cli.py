@@ -21,8 +21,10 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def slice_args(folder: Path, runs: Path) -> list[str]:
-    return ["--set", "data.dir=%s" % folder, "--set", "evaluation.ks=[10]", "--set", "retrieval.top_k=10",
-            "--set", "run.output_dir=%s" % runs]
+    # The whole search path runs, without training steps or baselines: these tests are about the CLI.
+    sets = ["data.dir=%s" % folder, "evaluation.ks=[10]", "retrieval.top_k=10", "run.output_dir=%s" % runs,
+            "retrieval.epochs=0", "ranking.epochs=0", "evaluation.baselines=false", "text.cache_dir=%s" % (runs / "cache")]
+    return [arg for item in sets for arg in ("--set", item)]
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -60,17 +62,18 @@ def test_train_prints_run_dir_last_and_saves_config(capsys, in_repo, homedepot_s
     saved = load_config(run_dir / "config.yaml")
     assert saved.config.data.dir == str(homedepot_slice.resolve())
     assert saved.config.evaluation.ks == [10]
-    assert "model training" in err  # says plainly that no model is trained yet
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"tfrec_hybrid", "tfrec_search"} <= set(metrics["systems"])
+    assert (run_dir / "report.html").is_file()
 
 
-def test_two_runs_in_the_same_second_get_distinct_dirs(capsys, in_repo, homedepot_slice, tmp_path):
-    """Run directories never collide."""
-    dirs = set()
-    for _ in range(2):
-        code, out, _ = run_cli(capsys, "train", *slice_args(homedepot_slice, tmp_path / "runs"))
-        assert code == 0
-        dirs.add(out.strip().splitlines()[-1])
-    assert len(dirs) == 2
+def test_two_runs_in_the_same_second_get_distinct_dirs(in_repo, homedepot_slice, tmp_path):
+    """Run directories never collide (two runs of one config created back to back)."""
+    from tfrec.runs import create_run_dir
+
+    loaded = load_config("configs/default.yaml", ["data.dir=%s" % homedepot_slice, "run.output_dir=%s" % (tmp_path / "runs")])
+    dirs = {create_run_dir(loaded) for _ in range(3)}
+    assert len(dirs) == 3 and all(d.is_dir() for d in dirs)
 
 
 def test_errors_are_one_line_and_nonzero(capsys, in_repo, tmp_path):
@@ -101,13 +104,17 @@ def test_data_validate_reports_statistics(capsys, in_repo, homedepot_slice, tmp_
     assert out.strip().splitlines()[-1] == "data ok: no rows dropped"
 
 
-def test_unreleased_commands_say_so(capsys, in_repo, homedepot_slice, tmp_path):
-    """export/evaluate on a run without models, tune and serve exit 2 saying what is missing."""
+def test_evaluate_shows_the_saved_evaluation_and_unreleased_commands_say_so(capsys, in_repo, homedepot_slice, tmp_path):
+    """`evaluate` prints a run's saved metrics; a run without them and `serve` exit 2 saying what is missing."""
     code, out, _ = run_cli(capsys, "train", *slice_args(homedepot_slice, tmp_path / "runs"))
-    run_dir = out.strip().splitlines()[-1].split(": ", 1)[1]
-    for argv in (["export", "--run", run_dir], ["evaluate", "--run", run_dir], ["serve"]):
+    run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
+    code, out, err = run_cli(capsys, "evaluate", "--run", str(run_dir))
+    assert code == 0 and "tfrec search" in out and "metrics.json" in err
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "search_config.json").unlink()
+    for argv in (["export", "--run", str(run_dir)], ["evaluate", "--run", str(run_dir)], ["serve"]):
         code, out, err = run_cli(capsys, *argv)
-        assert code == 2 and "not in this release" in err and out == ""
+        assert code == 2 and "in this release" in err and out == "", err
     code, _, err = run_cli(capsys, "export", "--run", str(tmp_path))
     assert code == 1 and "is not a tfrec run directory" in err
 

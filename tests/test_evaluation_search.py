@@ -18,6 +18,7 @@ from tfrec.evaluation.search import (
     paired_bootstrap,
     perfect_rerank_ndcg,
     random_rerank_ndcg,
+    random_rerank_ndcg_per_query,
     recall_at_k,
     recall_at_k_per_query,
     rerank_ndcg,
@@ -71,8 +72,8 @@ def test_rerank_ndcg_averages_over_tie_orders():
     assert random_rerank_ndcg(es, k=3) == pytest.approx(uniform)
 
 
-def test_rerank_ndcg_truncates_at_k_and_skips_zero_ideal_queries():
-    """Only the top k count; a query whose labels are all 1 is NaN and left out of the mean."""
+def test_rerank_ndcg_truncates_at_k_and_scores_zero_ideal_queries_0():
+    """Only the top k count; a query whose labels are all 1 (ideal DCG 0) scores 0 and counts in the mean."""
     rng = np.random.default_rng(1)
     labels = rng.choice([1.0, 1.67, 2.33, 3.0], size=12)
     scores = rng.normal(size=12)
@@ -80,22 +81,30 @@ def test_rerank_ndcg_truncates_at_k_and_skips_zero_ideal_queries():
     mean, per_query = rerank_ndcg(es, np.concatenate([scores, [0.3, 0.2]]), k=10)
     ranked = [float(labels[i]) for i in np.argsort(-scores)]
     expected = dcg(ranked, 10) / dcg(sorted(labels.tolist(), reverse=True), 10)
-    assert per_query[0] == pytest.approx(expected) and np.isnan(per_query[1])
-    assert mean == pytest.approx(expected)
     assert ideal_dcg(es, 10)[1] == 0.0
+    assert per_query.tolist() == [pytest.approx(expected), 0.0]
+    assert mean == pytest.approx(expected / 2)
+    # Every NDCG variant scores the zero-ideal query 0 in its mean, so no system reaches 1.0.
+    assert perfect_rerank_ndcg(es) == pytest.approx(0.5)
+    random_mean, random_per_query = random_rerank_ndcg_per_query(es, k=10)
+    assert random_per_query[1] == 0.0 and random_mean == pytest.approx(random_per_query[0] / 2)
+    e2e_mean, e2e = end_to_end_ndcg(es, np.array([np.arange(10), [20, 21, *range(30, 38)]]), k=10)
+    assert e2e[1] == 0.0 and e2e_mean == pytest.approx(e2e[0] / 2)
 
 
 def test_random_rerank_is_the_exact_expectation_on_random_data():
-    """The closed form equals a brute-force average over all permutations, per query."""
+    """The closed form equals a brute-force average over all permutations, per query (zero-ideal queries 0)."""
     rng = np.random.default_rng(2)
     groups = [[(j, float(rng.choice([1.0, 2.0, 3.0]))) for j in range(n)] for n in (1, 3, 4, 6)]
+    groups.append([(0, 1.0), (1, 1.0), (2, 1.0)])
     es = eval_set(groups)
     per_query = []
     for g in groups:
         labels = [label for _, label in g]
         ideal = dcg(sorted(labels, reverse=True), 2)
-        if ideal > 0:
-            per_query.append(np.mean([dcg([labels[i] for i in p], 2) / ideal for p in itertools.permutations(range(len(g)))]))
+        orders = itertools.permutations(range(len(g)))
+        per_query.append(np.mean([dcg([labels[i] for i in p], 2) / ideal for p in orders]) if ideal > 0 else 0.0)
+    assert random_rerank_ndcg_per_query(es, k=2)[1] == pytest.approx(per_query)
     assert random_rerank_ndcg(es, k=2) == pytest.approx(np.mean(per_query))
 
 
@@ -122,20 +131,31 @@ def test_recall_and_mrr_hand_computed():
 
 
 def test_seen_cold_split():
-    """Recall per seen / cold positives and NDCG per query group, with the group sizes."""
+    """Recall per seen / cold positives and NDCG per query group, with the group sizes.
+
+    Query 3 (one cold product of relevance 1) has no positive, so recall leaves it out, and an
+    ideal DCG of 0, so NDCG counts it as 0 in the cold group.
+    """
     seen = np.zeros(10, dtype=bool)
     seen[[0, 3]] = True
-    es = eval_set([[(0, 3.0), (1, 3.0)], [(2, 3.0), (4, 2.0)], [(3, 1.0), (5, 2.0)]], seen=seen)
-    top = np.array([[1, 9], [9, 2], [5, 3]])
+    es = eval_set([[(0, 3.0), (1, 3.0)], [(2, 3.0), (4, 2.0)], [(3, 1.0), (5, 2.0)], [(6, 1.0)]], seen=seen)
+    top = np.array([[1, 9], [9, 2], [5, 3], [6, 7]])
     report = retrieval_report(es, top, [1, 2], ndcg_k=2)
+    assert report["n_queries"] == 2 and report["n_queries_ndcg"] == 4
     assert report["seen"]["n_queries"] == 1 and report["seen"]["recall@2"] == 0.0  # only product 0, missed
-    assert report["cold"]["n_queries"] == 2  # queries 0 (product 1) and 1 (product 2); query 2 has no positive
+    assert report["cold"]["n_queries"] == 2  # queries 0 (product 1) and 1 (product 2); queries 2, 3 have no positive
     assert report["cold"]["recall@1"] == pytest.approx(0.5) and report["cold"]["recall@2"] == pytest.approx(1.0)
     _, e2e = end_to_end_ndcg(es, top, k=2)
-    assert report["seen"]["n_queries_ndcg"] == 2 and report["cold"]["n_queries_ndcg"] == 1
-    assert report["seen"]["ndcg@2_e2e"] == pytest.approx(np.mean(e2e[[0, 2]]))
-    assert report["cold"]["ndcg@2_e2e"] == pytest.approx(e2e[1])
-    assert split_by_seen(es, np.array([0.2, 0.4, 0.6])) == {
+    assert e2e[3] == 0.0 and report["ndcg@2_e2e"] == pytest.approx(np.mean(e2e))
+    first = gain(3.0) / dcg([3.0, 3.0], 2)  # product 1 at rank 1, 9 unjudged
+    second = gain(3.0) / math.log2(3) / dcg([3.0, 2.0], 2)
+    third = gain(2.0) / dcg([2.0, 1.0], 2)
+    assert e2e[:3] == pytest.approx([first, second, third])
+    assert report["seen"]["n_queries_ndcg"] == 2 and report["cold"]["n_queries_ndcg"] == 2
+    assert report["seen"]["ndcg@2_e2e"] == pytest.approx((first + third) / 2)
+    assert report["cold"]["ndcg@2_e2e"] == pytest.approx((second + 0.0) / 2)
+    # NaN entries (recall or MRR without a positive) stay out of a group's mean and count.
+    assert split_by_seen(es, np.array([0.2, 0.4, 0.6, np.nan])) == {
         "seen": {"mean": pytest.approx(0.4), "n_queries": 2},
         "cold": {"mean": pytest.approx(0.4), "n_queries": 1},
     }
@@ -218,3 +238,4 @@ def test_full_size_evaluation_is_fast():
     report = retrieval_report(es, top, [10, 100, 1000])
     assert time.perf_counter() - started < 3.0
     assert 0 < report["recall@10"] <= 1 and report["mrr"] > 0.3
+    assert report["n_queries_ndcg"] == 1128 and 0 < report["ndcg@10_e2e"] < 1

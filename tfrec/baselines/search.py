@@ -212,11 +212,12 @@ def evaluate_search_baselines(
 
     Returns ``{name: report}`` for each of :data:`BASELINES` (``recall@k``, ``mrr``, ``ndcg@10_e2e``,
     ``ndcg@10_rerank`` where defined, ``seen``/``cold`` splits), ``"random"`` and ``"perfect"``
-    re-rank values, ``"per_query"`` ({name: {metric: float64 [Q]}}, NaN where a query is skipped,
-    for :func:`~tfrec.evaluation.search.paired_bootstrap` against another model, in the query
-    order of ``"eval_set"``), ``"eval_set"`` and ``"timings_s"``. The re-ranked baseline only
-    reports cut-offs up to its depth (100, or the catalog size if smaller). ``minilm`` reuses a
-    :class:`MiniLMBaseline` already built over ``catalog_titles`` (else one is built from ``text_cfg``).
+    re-rank values, ``"per_query"`` ({name: {metric: float64 [Q]}}, 0 where a query's ideal DCG
+    is 0, as in the means; for :func:`~tfrec.evaluation.search.paired_bootstrap` against another
+    model, in the query order of ``"eval_set"``), ``"eval_set"`` and ``"timings_s"``. The re-ranked
+    baseline only reports cut-offs up to its depth (100, or the catalog size if smaller). ``minilm``
+    reuses a :class:`MiniLMBaseline` already built over ``catalog_titles`` (else one is built from
+    ``text_cfg``).
     """
     titles = [str(t) for t in catalog_titles]
     n_catalog = len(titles)

@@ -145,9 +145,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a run's trained models on the valid split."""
+    """Show a run's valid-split evaluation (computed by `tfrec train`, saved as metrics.json)."""
+    import json
+
     run = _require_run(args.run)
-    raise NotAvailable("run %s holds no trained model to evaluate: model training is not in this release yet" % run)
+    metrics_file = run / "metrics.json"
+    if not metrics_file.is_file():
+        raise NotAvailable("run %s has no metrics.json: only search runs are trained and evaluated in this release" % run)
+    from tfrec.reports.search import summary_table
+
+    _info("evaluation saved by `tfrec train` in %s (report: %s)" % (metrics_file, run / "report.html"))
+    _out(summary_table(json.loads(metrics_file.read_text(encoding="utf-8"))))
+    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -249,7 +249,7 @@ def rerank_ndcg(es: SearchEvalSet, scores: np.ndarray, k: int = 10) -> tuple[flo
 
 
 def perfect_rerank_ndcg(es: SearchEvalSet, k: int = 10) -> float:
-    """Re-rank NDCG@k of ranking by the labels themselves (1.0 over the queries that are kept)."""
+    """Re-rank NDCG@k of ranking by the labels themselves: the share of queries whose ideal DCG is > 0."""
     return rerank_ndcg(es, es.labels, k)[0]
 
 
@@ -345,7 +345,11 @@ def seen_cold_recall(es: SearchEvalSet, top: np.ndarray, ks: Sequence[int]) -> d
 
 
 def split_by_seen(es: SearchEvalSet, per_query: np.ndarray) -> dict:
-    """Mean of a per-query metric over queries with a seen judged product vs all judged products cold."""
+    """Mean of a per-query metric over queries with a seen judged product vs all judged products cold.
+
+    NaN values (recall or MRR of a query without a positive) are left out of the mean and of
+    ``n_queries``; NDCG has no NaN, so every query of the group counts.
+    """
     per_query = np.asarray(per_query, dtype=np.float64)
     if per_query.shape != (es.n_queries,):
         raise ValueError("per_query must have one value per query (%d), got shape %s" % (es.n_queries, per_query.shape))
@@ -358,7 +362,11 @@ def split_by_seen(es: SearchEvalSet, per_query: np.ndarray) -> dict:
 
 
 def retrieval_report(es: SearchEvalSet, top: np.ndarray, ks: Sequence[int], ndcg_k: int = 10) -> dict:
-    """Recall@ks, MRR and E2E NDCG@ndcg_k of whole-catalog rankings, split by seen/cold when ``es.seen`` is set."""
+    """Recall@ks, MRR and E2E NDCG@ndcg_k of whole-catalog rankings, split by seen/cold when ``es.seen`` is set.
+
+    ``n_queries`` counts the queries with a positive (those recall and MRR average over);
+    ``n_queries_ndcg`` counts those NDCG averages over, which is every query.
+    """
     ks = _check_ks(ks)
     recall = recall_at_k_per_query(es, top, ks)
     e2e_mean, e2e = end_to_end_ndcg(es, top, ndcg_k)

@@ -32,8 +32,8 @@ from tfrec.search.ranker_data import CandidateLists, candidate_lists, head_input
 
 tf = compat.tensorflow()
 
-LEXICAL_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
-ZERO_SHOT_GRID = (0.0, 0.25, 0.5)
+LEXICAL_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+ZERO_SHOT_GRID = (0.0, 0.25)
 # Target margins over the strongest baseline, per view (issue: search end to end).
 TARGET_MARGINS = {"e2e": ("ndcg@10", 0.05), "retrieval": ("recall@100", 0.05), "rerank": ("ndcg@10", 0.005)}
 
@@ -293,11 +293,15 @@ class SearchTrainer:
         head.adapt_lexical(inputs["lexical"][lists.mask])
         head.compile(optimizer=tf.keras.optimizers.Adam(rc.learning_rate), loss=ranking_loss(rc.loss), metrics=ranking_metrics((5, 10)))
         start = time.perf_counter()
-        history = head.fit(inputs, lists.labels, batch_size=rc.batch_size, epochs=rc.epochs, shuffle=True, verbose=0)
+        if rc.epochs:
+            history = head.fit(inputs, lists.labels, batch_size=rc.batch_size, epochs=rc.epochs, shuffle=True, verbose=0).history
+        else:  # an untrained head (smoke runs): build it so it can be saved and exported
+            head({k: v[:1] for k, v in inputs.items()})
+            history = {}
         seconds = time.perf_counter() - start
         head.save_weights(str(self.run_dir / "ranker" / "weights"))
         (self.run_dir / "ranker" / "product_vocabulary.txt").write_text("\n".join(vocabulary or []) + "\n", encoding="utf-8")
-        final = {k: round(float(v[-1]), 4) for k, v in history.history.items()} if rc.epochs else {}
+        final = {k: round(float(v[-1]), 4) for k, v in history.items()}
         log("ranker: %d lists, loss %s, train %s" % (len(lists.rows), rc.loss, final))
         return head, {
             "lists": int(len(lists.rows)),
