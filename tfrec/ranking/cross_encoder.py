@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from tfrec import compat
+from tfrec.schedules import WarmupLinearDecay
 from tfrec.ranking import PADDING_SCORE
 from tfrec.ranking.losses import ranking_loss
 from tfrec.text.encoder import load_bert
@@ -142,23 +143,6 @@ class CrossEncoderRanker(tf.keras.Model):
         return cls(resolve_model_files(config.pop("model_dir")), **config)
 
 
-class _WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total`` steps."""
-
-    def __init__(self, peak: float, total: int, warmup: int):
-        self.peak, self.total, self.warmup = float(peak), max(int(total), 1), max(int(warmup), 1)
-
-    def __call__(self, step: Any) -> tf.Tensor:
-        step = tf.cast(step, tf.float32) + 1.0  # the first update already gets a non-zero rate
-        rising = step / self.warmup
-        falling = tf.maximum(0.0, (self.total - step + 1.0) / max(self.total - self.warmup + 1, 1))
-        return self.peak * tf.minimum(rising, falling)
-
-    def get_config(self) -> dict:
-        """Constructor arguments."""
-        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
-
-
 def _check_lists(
     queries: Any, titles: Any, labels: Optional[Any] = None
 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -218,7 +202,7 @@ def train_cross_encoder(
     steps_per_epoch = math.ceil(len(queries) / batch_size)
     total = max(steps_per_epoch * epochs, 1)
     optimizer = tf.keras.optimizers.AdamW(
-        learning_rate=_WarmupLinearDecay(learning_rate, total, math.ceil(WARMUP_FRACTION * total)),
+        learning_rate=WarmupLinearDecay(learning_rate, total, math.ceil(WARMUP_FRACTION * total)),
         weight_decay=WEIGHT_DECAY,
         global_clipnorm=1.0,
     )

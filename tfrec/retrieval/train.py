@@ -10,25 +10,9 @@ import numpy as np
 from tfrec import compat
 from tfrec.data.tables import Catalog, Judgments
 from tfrec.retrieval.model import SearchRetrievalModel
+from tfrec.schedules import WarmupLinearDecay
 
 tf = compat.tensorflow()
-
-
-class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total`` steps."""
-
-    def __init__(self, peak: float, total: int, warmup: int) -> None:
-        self.peak, self.total, self.warmup = float(peak), max(int(total), 1), max(int(warmup), 1)
-
-    def __call__(self, step: Any) -> Any:
-        step = tf.cast(step, tf.float32)
-        up = step / self.warmup
-        down = tf.maximum(0.0, (self.total - step) / max(self.total - self.warmup, 1))
-        return self.peak * tf.minimum(up, down)
-
-    def get_config(self) -> dict:
-        """Constructor arguments."""
-        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
 
 
 def training_pairs(
@@ -173,7 +157,6 @@ def top_k_dot(queries: np.ndarray, catalog: np.ndarray, k: int, chunk: int = 256
 
 
 __all__ = [
-    "WarmupLinearDecay",
     "training_pairs",
     "compile_for_training",
     "train_retrieval",

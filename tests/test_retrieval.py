@@ -1,0 +1,88 @@
+"""The search two towers (TFRS), their training data and the top-K indexes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfrec import compat
+from tfrec.data.tables import Catalog, Judgments
+from tfrec.retrieval.index import build_index, search_index, top_k_overlap
+from tfrec.retrieval.train import top_k_dot, training_pairs
+
+tf = compat.tensorflow()
+
+
+def small_catalog() -> tuple[Catalog, Judgments]:
+    catalog = Catalog(ids=["p%d" % i for i in range(6)], texts={"title": np.array(
+        ["cordless drill 18v", "hammer drill bit set", "white interior paint", "paint roller", "deck screws", "wood deck stain"],
+        dtype=object)})
+    judgments = Judgments(
+        queries=np.array(["drill", "drill", "paint", "paint", "deck", "deck", "deck"], dtype=object),
+        products=np.array([0, 1, 2, 3, 4, 5, 0], np.int32),
+        labels=np.array([3.0, 2.0, 3.0, 1.0, 2.5, 2.0, 1.0], np.float32),
+    )
+    return catalog, judgments
+
+
+def test_training_pairs_keep_relevant_judgments_with_weights_and_probabilities():
+    catalog, judgments = small_catalog()
+    pairs = training_pairs(judgments, catalog, min_relevance=2.0)
+    assert list(pairs["query"]) == ["drill", "drill", "paint", "deck", "deck"]
+    assert list(pairs["product_id"]) == ["p0", "p1", "p2", "p4", "p5"]
+    assert pairs["weight"].mean() == pytest.approx(1.0)
+    assert pairs["weight"][0] / pairs["weight"][1] == pytest.approx(3.0 / 2.0)  # weighted by relevance
+    np.testing.assert_allclose(pairs["sampling_probability"], 1 / 5)  # each product once among 5 pairs
+    groups = pairs["query_group"]
+    assert groups[0] == groups[1] and groups[3] == groups[4] and len(set(groups)) == 3
+    with pytest.raises(ValueError, match="relevance >= 3.5"):
+        training_pairs(judgments, catalog, min_relevance=3.5)
+    assert len(training_pairs(judgments, catalog, min_relevance=2.0, max_pairs=2)["query"]) == 2
+
+
+@pytest.fixture(scope="module")
+def model(files):
+    from tfrec.retrieval.model import SearchRetrievalModel
+
+    return SearchRetrievalModel(files, ["p0", "p1", "p2"], title_max_length=16, training_mode="top_layers",
+                                trainable_layers=1, id_dropout=0.0, seed=0)
+
+
+def test_product_tower_starts_as_the_text_encoder_and_unknown_ids_take_the_text_path(model):
+    titles = tf.constant(["cordless drill 18v", "wood deck stain"])
+    text = model.title_encoder(titles)
+    np.testing.assert_allclose(model.product_vectors(tf.constant(["p0", "p9"]), titles).numpy(), text.numpy(), atol=1e-6)
+    ids = model.product_fusion.id_embedding(tf.constant(["p0", "never-seen"])).numpy()
+    assert np.abs(ids[0]).sum() > 0 and np.all(ids[1] == 0.0)  # exactly zero: no learnable "unseen" vector
+
+
+def test_two_tower_training_lowers_the_in_batch_loss_and_masks_same_query_positives(model):
+    from tfrec.retrieval.train import train_retrieval
+
+    catalog, judgments = small_catalog()
+    pairs = training_pairs(judgments, catalog, min_relevance=2.0)
+    batch = {k: tf.constant(v) for k, v in pairs.items()}
+    before = float(model.compute_loss(batch))
+    # Masking the other positive of the same query changes the loss (it is no longer a negative).
+    unmasked = dict(batch)
+    unmasked.pop("query_group")
+    assert float(model.compute_loss(unmasked)) != pytest.approx(before, rel=1e-6)
+    info = train_retrieval(model, pairs, epochs=8, batch_size=5, learning_rate=1e-4, head_learning_rate=1e-2, seed=0, verbose=0)
+    assert info["steps"] == 8 and info["pairs"] == 5
+    assert float(model.compute_loss(batch)) < before
+
+
+def test_brute_force_index_is_exact_and_scann_agrees():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32))
+    vectors = centers[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(5000, 64, replace=False)] + 0.05 * rng.normal(size=(64, 32))
+    exact_rows, exact_scores = top_k_dot(queries.astype(np.float32), vectors.astype(np.float32), 10)
+    brute = build_index("brute_force", vectors.astype(np.float32), k=10)
+    rows, scores = search_index(brute, queries.astype(np.float32))
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-5)
+    assert top_k_overlap(rows, exact_rows, 10) == pytest.approx(1.0)
+    scann_rows, _ = search_index(build_index("scann", vectors.astype(np.float32), k=10), queries.astype(np.float32))
+    assert top_k_overlap(scann_rows, exact_rows, 10) >= 0.9
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index("faiss", vectors, k=10)

@@ -1,0 +1,121 @@
+"""Pieces of the search pipeline: hybrid scoring, ranker lists, the feature ranker head, query splits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfrec import compat
+from tfrec.data.tables import Judgments
+from tfrec.evaluation.search import SearchEvalSet
+from tfrec.search.hybrid import HybridWeights, hybrid_scores, tune_weights, zscore
+from tfrec.search.pipeline import rank_candidates, split_eval_queries, split_queries, subset_eval_set
+from tfrec.search.ranker_data import judged_lists, training_lists
+
+tf = compat.tensorflow()
+
+
+def eval_set() -> SearchEvalSet:
+    judgments = Judgments(
+        queries=np.array(["a", "a", "a", "b", "b"], dtype=object),
+        products=np.array([4, 1, 7, 2, 3], np.int32),
+        labels=np.array([3.0, 1.0, 2.0, 2.5, 1.0], np.float32),
+    )
+    return SearchEvalSet.from_judgments(judgments)
+
+
+def test_hybrid_is_the_weighted_sum_of_row_zscores():
+    rng = np.random.default_rng(0)
+    dense, lexical, zero = (rng.normal(size=(3, 20)).astype(np.float32) for _ in range(3))
+    lexical[1] = 0.0  # a query without a known term: constant row -> z = 0, no NaN
+    weights = HybridWeights(1.0, 0.4, 0.25)
+    got = hybrid_scores(tf.constant(dense), tf.constant(lexical), tf.constant(zero), weights).numpy()
+
+    def z(x):
+        return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
+
+    np.testing.assert_allclose(got, z(dense) + 0.4 * z(lexical) + 0.25 * z(zero), rtol=1e-4, atol=1e-4)
+    assert np.all(zscore(tf.constant(lexical)).numpy()[1] == 0.0)
+
+
+def test_tune_weights_picks_the_best_grid_point():
+    # Query 0's positive is row 3: the lexical component finds it, dense does not.
+    zd = np.array([[3.0, 2.0, 1.0, 0.0]])
+    zl = np.array([[0.0, 0.0, 0.0, 5.0]])
+    zz = np.zeros_like(zd)
+    best, trials = tune_weights([(zd, zl, zz)], lambda rows: float(rows[0, 0] == 3), 1, (0.0, 0.5, 1.0), (0.0,))
+    assert best.lexical == 1.0 and len(trials) == 3
+    assert [t["value"] for t in trials] == [0.0, 0.0, 1.0]
+
+
+def test_training_lists_hold_judged_then_unjudged_candidates_with_label_zero():
+    es = eval_set()
+    candidates = np.array([[4, 9, 1, 8, 7, 6], [2, 5, 3, 0, 11, 12]])
+    lists = training_lists(es, candidates, list_size=2, negatives=3, seed=0)
+    assert lists.rows.shape == (2, 5)
+    for q in range(2):
+        judged = set(es.products[es.offsets[q]:es.offsets[q + 1]].tolist())
+        real = lists.rows[q][lists.mask[q]]
+        first, rest = real[:2], real[2:]
+        assert set(first.tolist()) <= judged and len(rest) == 3
+        assert not (set(rest.tolist()) & judged)  # negatives are never judged products
+        np.testing.assert_array_equal(lists.labels[q][2:5], 0.0)
+    # Labels are relevance - 1 for judged items, -1 for padding.
+    assert set(np.unique(lists.labels).tolist()) <= {0.0, 1.0, 1.5, 2.0}
+
+
+def test_judged_lists_round_trip_to_eval_set_order():
+    es = eval_set()
+    lists = judged_lists(es)
+    np.testing.assert_array_equal(lists.rows[lists.mask], es.products)
+    np.testing.assert_allclose(lists.labels[lists.mask], es.labels - 1.0)
+    assert lists.labels[1, 2] == -1.0  # query b has two judged products: one padding slot
+
+
+def test_rank_candidates_is_stable():
+    candidates = np.array([[10, 11, 12, 13]])
+    np.testing.assert_array_equal(rank_candidates(candidates, np.array([[0.1, 0.5, 0.5, 0.2]])), [[11, 12, 13, 10]])
+
+
+def test_query_splits_are_disjoint_seeded_and_complete():
+    judgments = Judgments(np.array(["q%d" % (i % 40) for i in range(200)], dtype=object),
+                          np.arange(200, dtype=np.int32), np.full(200, 2.0, np.float32))
+    a, b = split_queries(judgments, 0.25, seed=1)
+    assert len(a) + len(b) == 200 and not set(a.queries) & set(b.queries)
+    assert len(set(b.queries)) == 10
+    a2, _ = split_queries(judgments, 0.25, seed=1)
+    np.testing.assert_array_equal(a.products, a2.products)
+    tune, hold = split_eval_queries(10, 0.5, seed=0)
+    assert tune.sum() == 5 and not np.any(tune & hold)
+    sub = subset_eval_set(eval_set(), np.array([False, True]))
+    assert list(sub.queries) == ["b"] and sorted(sub.products.tolist()) == [2, 3]
+
+
+def test_ranker_head_scores_do_not_depend_on_padding():
+    from tfrec.ranking.model import LEXICAL_FEATURES, RankerHead
+
+    rng = np.random.default_rng(0)
+    head = RankerHead(product_vocabulary=["p1", "p2"], id_dropout=0.0, seed=0)
+
+    def inputs(width):
+        return {
+            "query_vector": tf.constant(rng.normal(size=(1, 8)).astype(np.float32)),
+            "product_vector": tf.constant(np.pad(base_p, ((0, 0), (0, width - 2), (0, 0)))),
+            "query_zero": tf.constant(base_qz),
+            "product_zero": tf.constant(np.pad(base_pz, ((0, 0), (0, width - 2), (0, 0)))),
+            "lexical": tf.constant(np.pad(base_lex, ((0, 0), (0, width - 2), (0, 0)))),
+            "product_id": tf.constant([["p1", "unknown"] + [""] * (width - 2)]),
+        }
+
+    base_p = rng.normal(size=(1, 2, 8)).astype(np.float32)
+    base_qz = rng.normal(size=(1, 8)).astype(np.float32)
+    base_pz = rng.normal(size=(1, 2, 8)).astype(np.float32)
+    base_lex = rng.uniform(0, 3, size=(1, 2, len(LEXICAL_FEATURES))).astype(np.float32)
+    head.adapt_lexical(base_lex[0])
+    rng = np.random.default_rng(1)
+    short = head(inputs(2)).numpy()
+    rng = np.random.default_rng(1)
+    long = head(inputs(6)).numpy()
+    assert short.shape == (1, 2) and long.shape == (1, 6)
+    np.testing.assert_allclose(short[0], long[0, :2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception):
+        head({"query_vector": tf.zeros([1, 8])})
