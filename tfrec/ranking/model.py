@@ -40,9 +40,9 @@ class RankerHead(tf.keras.Model):
         product_vocabulary: Optional[Sequence[str]] = None,
         id_embedding_dim: int = 16,
         id_dropout: float = 0.5,
-        interaction_dim: int = 32,
-        hidden_units: Sequence[int] = (64, 32),
-        cross_layers: int = 1,
+        interaction_dim: int = 0,
+        hidden_units: Sequence[int] = (32, 16),
+        cross_layers: int = 0,
         dropout: float = 0.1,
         seed: Optional[int] = None,
         **kwargs: Any,
@@ -63,7 +63,8 @@ class RankerHead(tf.keras.Model):
             if self.use_ids
             else None
         )
-        self.interaction = tf.keras.layers.Dense(interaction_dim, name="interaction")
+        # The element-wise product q*p of the two-tower vectors, projected to interaction_dim (0: off).
+        self.interaction = tf.keras.layers.Dense(interaction_dim, name="interaction") if interaction_dim else None
         # Statistics from real (non-padding) training items, set by adapt_lexical().
         self.lexical_norm = tf.keras.layers.Normalization(axis=-1, name="lexical_norm")
         self.cross = [tfrs.layers.dcn.Cross(name="cross_%d" % i) for i in range(cross_layers)]
@@ -87,7 +88,9 @@ class RankerHead(tf.keras.Model):
         shape = tf.shape(lexical)
         flat = tf.reshape(lexical, [-1, len(LEXICAL_FEATURES)])
         lexical = tf.reshape(self.lexical_norm(flat), shape)
-        parts = [cos, cos_zero, lexical, self.interaction(q * p)]
+        parts = [cos, cos_zero, lexical]
+        if self.interaction is not None:
+            parts.append(self.interaction(q * p))
         if self.ids is not None:
             ids = tf.reshape(inputs["product_id"], [-1])
             vectors = self.ids.id_embedding(ids, training=training)

@@ -194,7 +194,7 @@ def load_search_models(run_dir: Path) -> SearchModels:
     ranker_vocabulary = _read_lines(run_dir / "ranker" / "product_vocabulary.txt") or None
     rk = cfg.ranking
     head = RankerHead(product_vocabulary=ranker_vocabulary, id_dropout=rk.id_dropout, hidden_units=tuple(rk.hidden_units),
-                      cross_layers=rk.cross_layers, dropout=rk.dropout, seed=cfg.run.seed)
+                      interaction_dim=rk.interaction_dim, cross_layers=rk.cross_layers, dropout=rk.dropout, seed=cfg.run.seed)
     dim, zdim = catalog_dense.shape[1], retrieval.dim
     head({"query_vector": tf.zeros([1, dim]), "product_vector": tf.zeros([1, 1, dim]), "query_zero": tf.zeros([1, zdim]),
           "product_zero": tf.zeros([1, 1, zdim]), "lexical": tf.zeros([1, 1, len(LEXICAL_FEATURES)]),
