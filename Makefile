@@ -6,8 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tfrec-installed
 CONFIG ?= configs/default.yaml
-# The newest run directory (run names end in a sortable timestamp).
-RUN    ?= $(shell ls -1d runs/*/ 2>/dev/null | sort | tail -n 1)
+# The most recently written run directory (several configs share runs/, so not by name).
+RUN    ?= $(shell ls -1td runs/*/ 2>/dev/null | head -n 1)
 EXPORT_DIR ?= export
 SET    ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))

@@ -140,6 +140,7 @@ class SearchTrainer:
             self.lexical_index = LexicalIndex.build(list(self.titles), list(np.unique(data.train.queries.astype(str))))
             self.lexical_index.save(self.run_dir / "lexical")
             self.lexical = LexicalScorer(self.lexical_index)
+            self.pair_features = tf.function(self.lexical.pair_features, reduce_retracing=True)
 
         with self.timer.stage("zero-shot MiniLM vectors"):
             from tfrec.baselines.search import MiniLMBaseline
@@ -283,7 +284,8 @@ class SearchTrainer:
 
     def _head_inputs(self, lists: CandidateLists, queries: np.ndarray, q_dense: np.ndarray, q_zero: np.ndarray) -> dict:
         return head_inputs(
-            lists, np.asarray(queries).astype(str), q_dense, q_zero, self.catalog_dense, self.catalog_zero, self.ids, self.titles, self.lexical
+            lists, np.asarray(queries).astype(str), q_dense, q_zero, self.catalog_dense, self.catalog_zero, self.ids, self.titles,
+            self.pair_features,
         )
 
     def _select_head(self, inputs: dict, lists: CandidateLists, retrieval_train: Judgments, candidate_inputs: dict) -> tuple[Any, dict]:

@@ -72,9 +72,11 @@ def candidate_lists(candidates: np.ndarray) -> CandidateLists:
     return CandidateLists(np.arange(len(candidates)), candidates.astype(np.int32), np.zeros(candidates.shape, np.float32))
 
 
-def lexical_pair_features(scorer: Any, queries: Sequence[str], titles: Sequence[str], batch_size: int = 4096) -> np.ndarray:
-    """[n, F] lexical features of aligned (query, title) pairs, in LEXICAL_FEATURES order."""
-    run = tf.function(scorer.pair_features, reduce_retracing=True)
+def lexical_pair_features(run: Any, queries: Sequence[str], titles: Sequence[str], batch_size: int = 4096) -> np.ndarray:
+    """[n, F] lexical features of aligned (query, title) pairs, in LEXICAL_FEATURES order.
+
+    ``run`` is a (traced) ``LexicalScorer.pair_features``; keep one per scorer so it traces once.
+    """
     queries = np.asarray(queries).astype(str)
     titles = np.asarray(titles).astype(str)
     out = np.zeros((len(queries), len(LEXICAL_FEATURES)), np.float32)
@@ -94,7 +96,7 @@ def head_inputs(
     catalog_zero: np.ndarray,
     catalog_ids: np.ndarray,
     titles: np.ndarray,
-    lexical_scorer: Any,
+    pair_features: Any,
 ) -> dict[str, np.ndarray]:
     """The RankerHead inputs of some lists (padding positions get zeros and empty ids)."""
     mask = lists.mask
@@ -102,7 +104,7 @@ def head_inputs(
     flat_q = np.repeat(lists.query_index, lists.rows.shape[1])[mask.ravel()]
     flat_rows = lists.rows[mask]
     lexical = np.zeros(lists.rows.shape + (len(LEXICAL_FEATURES),), np.float32)
-    lexical[mask] = lexical_pair_features(lexical_scorer, queries[flat_q], titles[flat_rows])
+    lexical[mask] = lexical_pair_features(pair_features, queries[flat_q], titles[flat_rows])
     product_dense = catalog_dense[safe] * mask[..., None]
     product_zero = catalog_zero[safe] * mask[..., None]
     return {
