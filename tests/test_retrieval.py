@@ -86,3 +86,25 @@ def test_brute_force_index_is_exact_and_scann_agrees():
     assert top_k_overlap(scann_rows, exact_rows, 10) >= 0.9
     with pytest.raises(ValueError, match="unknown index kind"):
         build_index("faiss", vectors, k=10)
+
+
+def test_mined_negatives_come_from_the_lexical_top_and_are_never_judged_for_the_query(model):
+    from tfrec.lexical import LexicalIndex
+    from tfrec.lexical.scorer import LexicalScorer
+    from tfrec.retrieval.train import add_mined_negatives
+
+    catalog, judgments = small_catalog()
+    pairs = training_pairs(judgments, catalog, min_relevance=2.0)
+    scorer = LexicalScorer(LexicalIndex.build(list(catalog.text())))
+    mined = add_mined_negatives(pairs, judgments, catalog, scorer, depth=6, seed=0)
+    judged = {}
+    for q, p in zip(judgments.queries, judgments.products):
+        judged.setdefault(q, set()).add(catalog.ids[p])
+    for q, negative in zip(mined["query"], mined["negative_id"]):
+        assert negative not in judged[q]
+    assert np.all(mined["negative_sampling_probability"] > 0)
+    batch = {k: tf.constant(v) for k, v in mined.items()}
+    loss = float(model.compute_loss(batch))
+    assert np.isfinite(loss) and loss > 0
+    with pytest.raises(ValueError, match="depth"):
+        add_mined_negatives(pairs, judgments, catalog, scorer, depth=0)

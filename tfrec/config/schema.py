@@ -167,6 +167,10 @@ class RetrievalConfig:
     # logQ correction of in-batch negatives by each product's share of the training pairs.
     sampling_correction: bool = True
     remove_accidental_hits: bool = True
+    # Mined hard negatives: one product per pair from its query's lexical (BM25) top
+    # hard_negative_depth that no judgment names for that query, added to the batch's candidates.
+    hard_negatives: bool = False
+    hard_negative_depth: int = _bounded(50, min=1)
     # Product-id embedding in the product tower (training products only; others take the text path).
     product_id: bool = True
     id_embedding_dim: int = _bounded(64, min=1)

@@ -45,6 +45,41 @@ def training_pairs(
     }
 
 
+def add_mined_negatives(
+    pairs: dict[str, np.ndarray], train: Judgments, catalog: Catalog, lexical: Any, *, depth: int = 50, seed: int = 0, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """Give each pair one hard negative: a product in its query's lexical top ``depth`` that no judgment names for it.
+
+    ``lexical`` is a tfrec.lexical.LexicalScorer. Judged products (any label) are never mined, so a
+    product a rater called relevant cannot become a negative for that query. The negatives join the
+    batch's candidates (extra columns of the in-batch softmax) for every query of the batch.
+    """
+    if depth < 1:
+        raise ValueError("hard negative depth must be >= 1, got %d" % depth)
+    rng = np.random.default_rng(seed)
+    judged: dict[str, set] = {}
+    for q, p in zip(train.queries.astype(str), train.products):
+        judged.setdefault(q, set()).add(int(p))
+    queries = np.unique(pairs["query"])
+    retrieve = tf.function(lambda q: lexical.retrieve(q, k=min(depth, len(catalog))), reduce_retracing=True)
+    pool: dict[str, np.ndarray] = {}
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        _, rows = retrieve(tf.constant(chunk))
+        for q, r in zip(chunk, rows.numpy()):
+            pool[q] = np.array([x for x in r if x not in judged.get(q, ())], np.int64)
+    fallback = np.arange(len(catalog))
+    chosen = np.array([rng.choice(pool[q]) if len(pool[q]) else rng.choice(fallback) for q in pairs["query"]])
+    counts = np.bincount(catalog.index_of(pairs["product_id"]), minlength=len(catalog)).astype(np.float64)
+    titles = catalog.text()
+    out = dict(pairs)
+    out["negative_id"] = catalog.ids[chosen].astype(str)
+    out["negative_title"] = titles[chosen].astype(str)
+    # Products that are never a positive still need a non-zero probability for the logQ correction.
+    out["negative_sampling_probability"] = (np.maximum(counts[chosen], 1.0) / len(pairs["query"])).astype(np.float32)
+    return out
+
+
 def compile_for_training(
     model: SearchRetrievalModel, *, steps: int, learning_rate: float, head_learning_rate: float, warmup_fraction: float = 0.1
 ) -> None:
@@ -158,6 +193,7 @@ def top_k_dot(queries: np.ndarray, catalog: np.ndarray, k: int, chunk: int = 256
 
 __all__ = [
     "training_pairs",
+    "add_mined_negatives",
     "compile_for_training",
     "train_retrieval",
     "encode_texts",

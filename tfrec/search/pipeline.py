@@ -217,8 +217,13 @@ class SearchTrainer:
 
         rc, cfg = self.cfg.retrieval, self.cfg
         pairs = training_pairs(judgments, self.data.catalog, min_relevance=rc.min_relevance, max_pairs=rc.max_pairs, seed=cfg.run.seed)
+        if rc.hard_negatives:
+            from tfrec.retrieval.train import add_mined_negatives
+
+            pairs = add_mined_negatives(pairs, judgments, self.data.catalog, self.lexical, depth=rc.hard_negative_depth, seed=cfg.run.seed)
         if not rc.sampling_correction:
             pairs.pop("sampling_probability")
+            pairs.pop("negative_sampling_probability", None)
         vocabulary = sorted(set(pairs["product_id"])) if rc.product_id else []
         model = SearchRetrievalModel(
             resolve_model_files(cfg.text.model_dir),
