@@ -1,0 +1,1 @@
+"""Two-tower retrieval (TensorFlow Recommenders): the model, its training loop and top-K indexes."""

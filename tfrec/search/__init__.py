@@ -1,0 +1,1 @@
+"""The search path: the pipeline behind `tfrec train` for search data, hybrid retrieval, ranker data, exports."""
