@@ -7,7 +7,8 @@ import pytest
 from tfrec import compat
 from tfrec.data.tables import Catalog, Judgments
 from tfrec.retrieval.index import build_index, search_index, top_k_overlap
-from tfrec.retrieval.train import top_k_dot, training_pairs
+from tfrec.evaluation.search import top_k
+from tfrec.retrieval.train import training_pairs
 
 tf = compat.tensorflow()
 
@@ -77,7 +78,7 @@ def test_brute_force_index_is_exact_and_scann_agrees():
     vectors = centers[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = vectors[rng.choice(5000, 64, replace=False)] + 0.05 * rng.normal(size=(64, 32))
-    exact_rows, exact_scores = top_k_dot(queries.astype(np.float32), vectors.astype(np.float32), 10)
+    exact_rows, exact_scores = top_k(queries.astype(np.float32) @ vectors.astype(np.float32).T, 10)
     brute = build_index("brute_force", vectors.astype(np.float32), k=10)
     rows, scores = search_index(brute, queries.astype(np.float32))
     np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-5)

@@ -7,9 +7,11 @@ and tensorflow-text, as TF Serving would, and must give the numbers the evaluati
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +26,25 @@ SLICE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_datasets):
-    import os
-
-    root = Path(__file__).resolve().parents[1]
-    tmp = tmp_path_factory.mktemp("search")
+@contextmanager
+def in_repository_root():
+    """Module fixtures cannot use monkeypatch.chdir: run from the root, where configs/ resolves."""
     old = os.getcwd()
-    os.chdir(root)
+    os.chdir(Path(__file__).resolve().parents[1])
     try:
-        args = ["train", "--config", "configs/quick.yaml"]
-        for item in SLICE + ["run.output_dir=%s" % tmp, "text.cache_dir=%s" % (tmp / "cache")]:
-            args += ["--set", item]
-        assert main(args) == 0
+        yield
     finally:
         os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shared_datasets):
+    tmp = tmp_path_factory.mktemp("search")
+    args = ["train", "--config", "configs/quick.yaml"]
+    for item in SLICE + ["run.output_dir=%s" % tmp, "text.cache_dir=%s" % (tmp / "cache")]:
+        args += ["--set", item]
+    with in_repository_root():
+        assert main(args) == 0
     runs = [p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("homedepot-quick")]
     assert len(runs) == 1
     return runs[0]
@@ -74,14 +80,8 @@ def test_report_files_written(run_dir):
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    import os
-
-    old = os.getcwd()
-    os.chdir(Path(__file__).resolve().parents[1])
-    try:
+    with in_repository_root():
         assert main(["export", "--run", str(run_dir), "--export-dir", str(out)]) == 0
-    finally:
-        os.chdir(old)
     return out
 
 

@@ -28,7 +28,6 @@ the precomputed ``w(t, d)``; nothing is ever a dense ``V x N`` matrix.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from tfrec.files import file_sha256, write_bytes_atomic
 from tfrec.lexical.tokens import STOPWORDS, make_stemmer, raw_tokens, suffix_candidates
 
 UNKNOWN = -1  # a raw token the vocabulary does not know (the in-graph table's default value)
@@ -226,7 +226,7 @@ class LexicalIndex:
                 np.savez(f, **{name: getattr(self, name) for name in _ARRAY_DTYPES})
                 f.flush()
                 os.fsync(f.fileno())
-            digest = _file_sha256(tmp)
+            digest = file_sha256(tmp)
             arrays_name = "%s%s.npz" % (_ARRAYS_PREFIX, digest[:16])
             os.replace(tmp, folder / arrays_name)
         finally:
@@ -245,7 +245,7 @@ class LexicalIndex:
             "terms": list(self.terms),
             "raw_tokens": list(self.raw_tokens),
         }
-        _write_atomic(folder / MANIFEST_NAME, json.dumps(manifest).encode("utf-8"))
+        write_bytes_atomic(folder / MANIFEST_NAME, json.dumps(manifest).encode("utf-8"))
         # The manifest is the commit point: only now may an older arrays file go.
         for old in folder.glob(_ARRAYS_PREFIX + "*.npz"):
             if old.name != arrays_name:
@@ -274,7 +274,7 @@ class LexicalIndex:
         arrays_path = folder / str(manifest["arrays_file"])
         if not arrays_path.is_file():
             raise LexicalIndexError("%s names %s, which is missing" % (manifest_path, arrays_path.name))
-        if _file_sha256(arrays_path) != manifest["arrays_sha256"]:
+        if file_sha256(arrays_path) != manifest["arrays_sha256"]:
             raise LexicalIndexError("%s is corrupt: its sha256 differs from the one in %s" % (arrays_path, MANIFEST_NAME))
         try:
             with np.load(arrays_path, allow_pickle=False) as data:
@@ -306,23 +306,3 @@ def _raw_tokens_of(text: object, argument: str, row: int) -> list[str]:
     if not isinstance(text, (str, bytes)):
         raise ValueError("%s[%d] must be a string, got %s: %r" % (argument, row, type(text).__name__, text))
     return raw_tokens(text)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(".tmp-%s-%s" % (uuid.uuid4().hex, path.name))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

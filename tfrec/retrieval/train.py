@@ -176,21 +176,6 @@ def encode_queries(model: SearchRetrievalModel, queries: Sequence[str], *, batch
     return encode_texts(model.query_encoder, queries, batch_size=batch_size, progress=progress, desc="encode queries")
 
 
-def top_k_dot(queries: np.ndarray, catalog: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k rows of catalog by dot product for each query (numpy, chunked over queries)."""
-    k = min(k, catalog.shape[0])
-    rows = np.zeros((len(queries), k), np.int32)
-    scores = np.zeros((len(queries), k), np.float32)
-    for start in range(0, len(queries), chunk):
-        s = queries[start : start + chunk] @ catalog.T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(s, part, axis=1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        rows[start : start + chunk] = np.take_along_axis(part, order, axis=1)
-        scores[start : start + chunk] = np.take_along_axis(ps, order, axis=1)
-    return rows, scores
-
-
 __all__ = [
     "training_pairs",
     "add_mined_negatives",
@@ -199,5 +184,4 @@ __all__ = [
     "encode_texts",
     "encode_catalog",
     "encode_queries",
-    "top_k_dot",
 ]

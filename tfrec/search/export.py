@@ -27,6 +27,7 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.search.hybrid import HybridWeights, hybrid_scores
+from tfrec.search.models import ranker_head, retrieval_model
 
 tf = compat.tensorflow()
 
@@ -156,11 +157,9 @@ def load_search_models(run_dir: Path) -> SearchModels:
     from tfrec.data.datasets import load_data
     from tfrec.data.slices import slice_search_data
     from tfrec.lexical import LexicalScorer
-    from tfrec.ranking.model import LEXICAL_FEATURES, RankerHead
-    from tfrec.retrieval.model import SearchRetrievalModel
+    from tfrec.ranking.model import LEXICAL_FEATURES
     from tfrec.runs import CONFIG_FILE
     from tfrec.text.catalog import catalog_text_features, frozen_encoder
-    from tfrec.text.model_files import resolve_model_files
 
     run_dir = Path(run_dir)
     needed = [run_dir / CONFIG_FILE, run_dir / "search_config.json", run_dir / "retrieval" / "weights.index",
@@ -180,30 +179,21 @@ def load_search_models(run_dir: Path) -> SearchModels:
     if catalog_dense.shape[0] != len(ids):
         raise ValueError("%s has %d vectors but the run's catalog has %d products" % (run_dir, catalog_dense.shape[0], len(ids)))
 
-    rc = cfg.retrieval
-    vocabulary = _read_lines(run_dir / "retrieval" / "product_vocabulary.txt")
-    retrieval = SearchRetrievalModel(
-        resolve_model_files(cfg.text.model_dir), vocabulary, query_max_length=rc.query_max_length,
-        title_max_length=cfg.text.max_length, training_mode=rc.text_training, trainable_layers=rc.trainable_layers,
-        temperature=rc.temperature, remove_accidental_hits=rc.remove_accidental_hits, id_embedding_dim=rc.id_embedding_dim,
-        id_dropout=rc.id_dropout, seed=cfg.run.seed,
-    )
+    retrieval = retrieval_model(cfg, _read_lines(run_dir / "retrieval" / "product_vocabulary.txt"))
     retrieval({"query": tf.constant(["a"]), "product_id": tf.constant(["a"]), "title": tf.constant(["a"])})
     retrieval.load_weights(str(run_dir / "retrieval" / "weights")).expect_partial()
 
-    ranker_vocabulary = _read_lines(run_dir / "ranker" / "product_vocabulary.txt") or None
-    rk = cfg.ranking
-    head = RankerHead(product_vocabulary=ranker_vocabulary, id_dropout=rk.id_dropout, hidden_units=tuple(rk.hidden_units),
-                      interaction_dim=rk.interaction_dim, cross_layers=rk.cross_layers, dropout=rk.dropout, seed=cfg.run.seed)
-    dim, zdim = catalog_dense.shape[1], retrieval.dim
+    zero_encoder = frozen_encoder(cfg.text)
+    catalog_zero, _ = catalog_text_features(list(titles), cfg.text, progress=True, encoder=zero_encoder)
+
+    head = ranker_head(cfg, _read_lines(run_dir / "ranker" / "product_vocabulary.txt") or None)
+    dim, zdim = retrieval.dim, zero_encoder.output_dim
     head({"query_vector": tf.zeros([1, dim]), "product_vector": tf.zeros([1, 1, dim]), "query_zero": tf.zeros([1, zdim]),
           "product_zero": tf.zeros([1, 1, zdim]), "lexical": tf.zeros([1, 1, len(LEXICAL_FEATURES)]),
           "product_id": tf.constant([[""]])})
     head.load_weights(str(run_dir / "ranker" / "weights")).expect_partial()
     head.lexical_norm.finalize_state()  # Normalization reads its adapted statistics only here
 
-    zero_encoder = frozen_encoder(cfg.text)
-    catalog_zero, _ = catalog_text_features(list(titles), cfg.text, progress=True, encoder=zero_encoder)
     return SearchModels(
         retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(run_dir / "lexical"), head=head,
         catalog_dense=catalog_dense, catalog_zero=catalog_zero, ids=ids,

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from tfrec import compat
+from tfrec.evaluation.search import top_k as top_rows
 
 tf = compat.tensorflow()
 
@@ -34,14 +35,24 @@ def zscore(scores: Any) -> Any:
     return (scores - mean) / (tf.sqrt(variance) + 1e-6)
 
 
-def hybrid_scores(dense: Any, lexical: Any, zero_shot: Any, weights: HybridWeights) -> Any:
-    """Weighted sum of the z-scored [B, N] component scores (components with weight 0 are skipped)."""
-    total = weights.dense * zscore(dense)
+def combine(z_dense: Any, z_lexical: Any, z_zero_shot: Any, weights: HybridWeights) -> Any:
+    """The hybrid score from already z-scored components (TF tensors or numpy; weight 0 skips a component)."""
+    total = weights.dense * z_dense
     if weights.lexical:
-        total += weights.lexical * zscore(lexical)
+        total = total + weights.lexical * z_lexical
     if weights.zero_shot:
-        total += weights.zero_shot * zscore(zero_shot)
+        total = total + weights.zero_shot * z_zero_shot
     return total
+
+
+def hybrid_scores(dense: Any, lexical: Any, zero_shot: Any, weights: HybridWeights) -> Any:
+    """Weighted sum of the z-scored [B, N] component scores (components with weight 0 are not computed)."""
+    return combine(
+        zscore(dense),
+        zscore(lexical) if weights.lexical else None,
+        zscore(zero_shot) if weights.zero_shot else None,
+        weights,
+    )
 
 
 class CatalogScorer:
@@ -76,17 +87,9 @@ class CatalogScorer:
         rows = np.zeros((len(queries), k), np.int32)
         scores = np.zeros((len(queries), k), np.float32)
         for start, zd, zl, zz in self.z_components(q_dense, q_zero, queries, batch_size):
-            total = weights.dense * zd + weights.lexical * zl + weights.zero_shot * zz
-            r, s = _top_k(total, k)
+            r, s = top_rows(combine(zd, zl, zz, weights), k)
             rows[start : start + len(r)], scores[start : start + len(r)] = r, s
         return rows, scores
-
-
-def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int32), np.take_along_axis(values, order, axis=1)
 
 
 def tune_weights(
@@ -102,7 +105,7 @@ def tune_weights(
     for lexical in lexical_grid:
         for zero in zero_shot_grid:
             weights = HybridWeights(1.0, float(lexical), float(zero))
-            rows = np.concatenate([_top_k(zd + lexical * zl + zero * zz, k)[0] for zd, zl, zz in components])
+            rows = np.concatenate([top_rows(combine(zd, zl, zz, weights), k)[0] for zd, zl, zz in components])
             value = float(metric(rows))
             trials.append({**weights.as_dict(), "value": value})
             if value > best_value + 1e-9:

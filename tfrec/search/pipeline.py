@@ -28,6 +28,7 @@ from tfrec.config.loader import LoadedConfig
 from tfrec.data.tables import Judgments, SearchData
 from tfrec.evaluation import search as ev
 from tfrec.search.hybrid import CatalogScorer, HybridWeights, tune_weights
+from tfrec.search.models import ranker_head, retrieval_model
 from tfrec.search.ranker_data import CandidateLists, candidate_lists, head_inputs, judged_lists, training_lists
 
 tf = compat.tensorflow()
@@ -94,11 +95,6 @@ def subset_eval_set(es: ev.SearchEvalSet, keep: np.ndarray) -> ev.SearchEvalSet:
     judged = np.repeat(keep, sizes)
     offsets = np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64)
     return ev.SearchEvalSet(es.queries[keep], offsets, es.products[judged], es.labels[judged], es.positive_relevance, es.seen)
-
-
-def scores_to_judged(es: ev.SearchEvalSet, lists: CandidateLists, scores: np.ndarray) -> np.ndarray:
-    """Scores of judged_lists(es) back in es.products order."""
-    return scores[lists.mask]
 
 
 def rank_candidates(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -175,7 +171,7 @@ class SearchTrainer:
             self.weights, trials = self._choose_weights()
         with self.timer.stage("retrieval on valid"):
             k_max = max(max(cfg.evaluation.ks), cfg.retrieval.top_k)
-            self.valid_top, self.valid_top_scores = self.scorer.top_k(
+            self.valid_top, _ = self.scorer.top_k(
                 self.valid_dense, self.valid_zero, self.valid_es.queries, self.weights, k_max
             )
             dense_only, index_info = self._dense_index(k_max)
@@ -195,7 +191,7 @@ class SearchTrainer:
 
         with self.timer.stage("ranker on valid"):
             rerank_scores = self.head.predict(judged_inputs, batch_size=256, verbose=0)
-            judged_scores = scores_to_judged(self.valid_es, judged, rerank_scores)
+            judged_scores = rerank_scores[judged.mask]  # back in valid_es.products order
             e2e_scores = self.head.predict(candidate_inputs, batch_size=256, verbose=0)
             self.final_top = rank_candidates(self.valid_top[:, :top_k], e2e_scores)
 
@@ -211,9 +207,7 @@ class SearchTrainer:
         return self.metrics
 
     def _train_retrieval(self, judgments: Judgments) -> tuple[Any, dict]:
-        from tfrec.retrieval.model import SearchRetrievalModel
         from tfrec.retrieval.train import train_retrieval, training_pairs
-        from tfrec.text.model_files import resolve_model_files
 
         rc, cfg = self.cfg.retrieval, self.cfg
         pairs = training_pairs(judgments, self.data.catalog, min_relevance=rc.min_relevance, max_pairs=rc.max_pairs, seed=cfg.run.seed)
@@ -225,19 +219,7 @@ class SearchTrainer:
             pairs.pop("sampling_probability")
             pairs.pop("negative_sampling_probability", None)
         vocabulary = sorted(set(pairs["product_id"])) if rc.product_id else []
-        model = SearchRetrievalModel(
-            resolve_model_files(cfg.text.model_dir),
-            vocabulary,
-            query_max_length=rc.query_max_length,
-            title_max_length=cfg.text.max_length,
-            training_mode=rc.text_training,
-            trainable_layers=rc.trainable_layers,
-            temperature=rc.temperature,
-            remove_accidental_hits=rc.remove_accidental_hits,
-            id_embedding_dim=rc.id_embedding_dim,
-            id_dropout=rc.id_dropout,
-            seed=cfg.run.seed,
-        )
+        model = retrieval_model(cfg, vocabulary)
         log("two towers: %d pairs, %d products in the id vocabulary, BERT %s" % (len(pairs["query"]), len(vocabulary), rc.text_training))
         info = train_retrieval(
             model, pairs, epochs=rc.epochs, batch_size=rc.batch_size, learning_rate=rc.learning_rate,
@@ -320,17 +302,13 @@ class SearchTrainer:
     def _train_head(self, inputs: dict, lists: CandidateLists, retrieval_train: Judgments, loss: str) -> tuple[Any, dict]:
         from tfrec.ranking.losses import ranking_loss
         from tfrec.ranking.metrics import ranking_metrics
-        from tfrec.ranking.model import RankerHead
 
         rc = self.cfg.ranking
         # Products of the two towers' queries only: the ranker's own (held-out) judged products must
         # not all be in the vocabulary, or "has an id embedding" would mark the judged ones.
         vocabulary = sorted(set(self.ids[np.unique(retrieval_train.products)])) if rc.product_id else None
         tf.keras.utils.set_random_seed(self.cfg.run.seed)
-        head = RankerHead(
-            product_vocabulary=vocabulary, id_dropout=rc.id_dropout, hidden_units=tuple(rc.hidden_units),
-            interaction_dim=rc.interaction_dim, cross_layers=rc.cross_layers, dropout=rc.dropout, seed=self.cfg.run.seed,
-        )
+        head = ranker_head(self.cfg, vocabulary)
         head.adapt_lexical(inputs["lexical"][lists.mask])
         head.compile(optimizer=tf.keras.optimizers.Adam(rc.learning_rate), loss=ranking_loss(loss), metrics=ranking_metrics((5, 10)))
         start = time.perf_counter()

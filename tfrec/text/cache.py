@@ -39,6 +39,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from tfrec.files import file_sha256, replace_atomic, write_bytes_atomic
+
 Encode = Callable[[list[str]], np.ndarray]
 
 FORMAT_VERSION = 1
@@ -107,7 +109,7 @@ def encoder_fingerprint(
         info = path.stat()
         digest.update(("file\0%s\0%d\0" % (relative, info.st_size)).encode("utf-8"))
         if info.st_size <= _SMALL_FILE_BYTES or hash_weights:
-            digest.update(_file_sha256(path).encode("ascii"))
+            digest.update(file_sha256(path).encode("ascii"))
         else:
             digest.update(("mtime_ns\0%d" % info.st_mtime_ns).encode("ascii"))
     settings = {
@@ -123,14 +125,6 @@ def encoder_fingerprint(
         raise TypeError("encoder_fingerprint: extra settings must be JSON-serializable (%s)" % error) from None
     digest.update(("settings\0" + settings_text).encode("utf-8"))
     return "%s@%s" % (root.resolve().name or "model", digest.hexdigest()[:32])
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -261,7 +255,7 @@ class EmbeddingCache:
             "keys": {"file": keys_name, "sha256": keys_sha, "bytes": keys_bytes},
             "written_at": time.time(),
         }
-        _write_bytes_atomic(directory / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+        write_bytes_atomic(directory / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
         _fsync_dir(directory)
 
         index = dict(base.index)
@@ -436,26 +430,8 @@ def _write_npy_atomic(path: Path, array: np.ndarray) -> tuple[str, int]:
         holder["writer"] = _HashingWriter(handle)
         np.save(holder["writer"], np.ascontiguousarray(array), allow_pickle=False)
 
-    _replace_atomic(path, write)
+    replace_atomic(path, write)
     return holder["writer"].sha256.hexdigest(), holder["writer"].size
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    _replace_atomic(path, lambda handle: handle.write(data))
-
-
-def _replace_atomic(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write through ``write`` into a temp file beside ``path``, fsync it, then os.replace it into place."""
-    temp = path.with_name(".%s.%s.tmp" % (path.name, uuid.uuid4().hex[:8]))
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _fsync_dir(directory: Path) -> None:
