@@ -340,11 +340,52 @@ class RankingConfig:
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
 
 
+HistoryEncoder = Literal["mean", "gru", "transformer"]
+
+
+@dataclass
+class MultitaskConfig:
+    """MovieLens multi-task model (TFRS multitask pattern): rating regression + retrieval heads."""
+
+    # shared_bottom: one user/movie bottom feeds both heads; mmoe: task-gated mixture of experts.
+    mixture: Literal["shared_bottom", "mmoe"] = "shared_bottom"
+    rating_weight: float = _bounded(1.0, min=0.0)
+    retrieval_weight: float = _bounded(1.0, min=0.0)
+    experts: int = _bounded(4, min=1)
+    expert_units: int = _bounded(64, min=1)
+    # Extra (rating_weight, retrieval_weight) pairs trained and reported side by side; empty: none.
+    weightings: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.1, 1.0]])
+
+
 @dataclass
 class RecommendationConfig:
-    """Sequential recommendation data settings."""
+    """Sequential recommendation: a history encoder over BERT-fused items, trained with tfrs Retrieval."""
 
+    # The most recent items of a history the user tower reads (older ones are dropped).
     max_history: int = _bounded(50, min=1)
+    # How the history becomes a user vector: masked mean, GRU or a causal Transformer (SASRec-style).
+    encoder: HistoryEncoder = "transformer"
+    dim: int = _bounded(64, min=1)  # item and user vector size
+    # Item = fusion of its cached (frozen) BERT text vector and an item-id embedding; ids outside the
+    # training vocabulary get a zero id embedding, so cold items are scored from their text alone.
+    item_text: bool = True
+    item_id: bool = True
+    id_dropout: float = _bounded(0.2, min=0.0, max=1.0)
+    transformer_layers: int = _bounded(2, min=1)
+    transformer_heads: int = _bounded(2, min=1)
+    dropout: float = _bounded(0.2, min=0.0, max=0.9)
+    epochs: int = _bounded(20, min=0)
+    batch_size: int = _bounded(256, min=2)
+    learning_rate: float = _bounded(1e-3, min=0.0, exclusive_min=True)
+    temperature: float = _bounded(0.1, min=0.0, exclusive_min=True)
+    # in_batch: tfrs in-batch softmax (with logQ sampling correction); full: every catalog item is a
+    # candidate of every example (small catalogs only).
+    softmax: Literal["in_batch", "full"] = "full"
+    sampling_correction: bool = True
+    # Exclude each user's own history items from their top-K at evaluation (the report says which).
+    exclude_history: bool = False
+    top_k: int = _bounded(100, min=1)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
 
 @dataclass
