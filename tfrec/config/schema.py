@@ -355,6 +355,30 @@ class MultitaskConfig:
     expert_units: int = _bounded(64, min=1)
     # Extra (rating_weight, retrieval_weight) pairs trained and reported side by side; empty: none.
     weightings: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.1, 1.0]])
+    # Mixtures the weightings sweep trains (the configured mixture always comes first).
+    sweep_mixtures: list[Literal["shared_bottom", "mmoe"]] = field(default_factory=lambda: ["shared_bottom", "mmoe"])
+    # Hidden layers of the rating head (the TFRS multitask tutorial's 256, 128).
+    rating_units: list[int] = field(default_factory=lambda: [256, 128])
+    # User side: beside the user-id embedding, the mean text vector of the user's training movies
+    # (a training pair's own movie left out of it, so it never holds the target).
+    user_history: bool = True
+    # A learned per-title score bias (a popularity prior; the top-K metric rewards popular movies).
+    item_bias: bool = True
+    # Model selection: a seeded share of the training pairs held out; training stops after
+    # `patience` epochs without a better holdout loss and keeps the best epoch.
+    holdout_fraction: float = _bounded(0.1, min=0.0, max=0.5, exclusive_min=True)
+    patience: int = _bounded(2, min=1)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """List (field, message) for rules that span fields."""
+        if self.rating_weight + self.retrieval_weight <= 0:
+            return [("rating_weight", "rating_weight and retrieval_weight are both 0: nothing would be trained")]
+        for i, pair in enumerate(self.weightings):
+            if len(pair) != 2 or min(pair) < 0 or sum(pair) <= 0:
+                return [("weightings", "entry %d must be [rating_weight, retrieval_weight], both >= 0, not both 0; got %r" % (i, pair))]
+        if any(units < 1 for units in self.rating_units):
+            return [("rating_units", "every layer needs >= 1 unit, got %r" % (self.rating_units,))]
+        return []
 
 
 @dataclass
@@ -382,6 +406,11 @@ class RecommendationConfig:
     # candidate of every example (small catalogs only).
     softmax: Literal["in_batch", "full"] = "full"
     sampling_correction: bool = True
+    # Model selection on each user's newest training example (never on valid): stop after `patience`
+    # epochs without a better NDCG@10 there, then (refit) re-train on all training examples for the
+    # chosen number of epochs.
+    patience: int = _bounded(3, min=1)
+    refit: bool = True
     # Exclude each user's own history items from their top-K at evaluation (the report says which).
     exclude_history: bool = False
     top_k: int = _bounded(100, min=1)

@@ -1,0 +1,105 @@
+"""SavedModels of a trained recommendation run: ``recommender`` and ``similar_items``.
+
+Both take the catalog's own item ids as raw strings and load with TensorFlow alone (the item
+text vectors were computed at training time and travel in the graph; no BERT, no tfrs op):
+
+* ``recommender/<version>/`` ``serving_default``: ``history`` string [None, None] (item ids,
+  oldest first, padded with "" anywhere) -> ``item_ids`` string [None, K], ``scores`` float32
+  [None, K]. Ids the catalog does not know are skipped like padding; the newest
+  ``max_history`` known items are used; an empty history gets the model's "no history" user.
+* ``similar_items/<version>/`` ``serving_default``: ``item_id`` string [None] -> ``item_ids``,
+  ``scores`` [None, K], the item tower's nearest items (the item itself left out). An unknown id
+  gets K empty ids with score 0.
+
+Scores are cosines of the trained towers (brute force over the catalog: exact, and what stock TF
+Serving can run). ``assets.extra/catalog.json`` holds ids and titles for the service pipeline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from tfrec import compat
+from tfrec.recommend.model import SequentialRecommender, pad_front
+from tfrec.search.export import catalog_json
+from tfrec.serving.savedmodel import folder_mb, predict_log, save_versioned
+from tfrec.serving.service import CATALOG_FILE, RECOMMENDER_MODEL, SIMILAR_MODEL
+
+tf = compat.tensorflow()
+
+
+class _ModelParts(tf.Module):
+    """Tracks the trained layers the signatures use, not the tfrs model (whose Keras serialization is moot here)."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        object.__setattr__(self, "model", model)  # used by the signatures; its variables are tracked below
+        self.layers = [model.row_lookup, model.item_fusion, model.encoder] + ([model.user_projection] if model.user_projection else [])
+        self.items = tf.Variable(model.catalog_vectors(training=False), trainable=False, name="item_vectors")
+
+
+class RecommenderExport(_ModelParts):
+    """Histories of item ids -> top-K item ids and scores."""
+
+    def __init__(self, model: SequentialRecommender, k: int, exclude_history: bool = False) -> None:
+        super().__init__(model)
+        self.k = int(min(k, model.n_items))
+        self.exclude_history = bool(exclude_history)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+    def serve(self, history: Any) -> dict:
+        """The serving signature."""
+        rows = pad_front(self.model.rows_of(history), self.model.max_history)
+        scores = tf.matmul(self.model.user_vectors(rows, training=False), self.items, transpose_b=True)
+        if self.exclude_history:
+            seen = tf.reduce_any(tf.equal(tf.range(self.model.n_items)[None, None, :], rows[:, :, None]), axis=1)
+            scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0), scores)  # below any cosine
+        top = tf.math.top_k(scores, k=self.k)
+        return {"item_ids": tf.gather(self.model.item_ids, top.indices), "scores": top.values}
+
+
+class SimilarItemsExport(_ModelParts):
+    """Item ids -> the item tower's nearest other items."""
+
+    def __init__(self, model: SequentialRecommender, k: int) -> None:
+        super().__init__(model)
+        self.k = int(min(k, model.n_items - 1))
+        if self.k < 1:
+            raise ValueError("similar_items needs a catalog of at least 2 items")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")])
+    def serve(self, item_id: Any) -> dict:
+        """The serving signature."""
+        rows = self.model.rows_of(item_id)
+        known = rows >= 0
+        scores = tf.matmul(tf.gather(self.items, tf.maximum(rows, 0)), self.items, transpose_b=True)
+        itself = tf.equal(tf.range(self.model.n_items)[None, :], rows[:, None])
+        top = tf.math.top_k(tf.where(itself, tf.fill(tf.shape(scores), -3.0), scores), k=self.k)
+        ids = tf.where(known[:, None], tf.gather(self.model.item_ids, top.indices), tf.fill(tf.shape(top.indices), ""))
+        return {"item_ids": ids, "scores": tf.where(known[:, None], top.values, tf.zeros_like(top.values))}
+
+
+def export_recommendation(model: SequentialRecommender, titles: np.ndarray, export_dir: Path, *, k: int,
+                          exclude_history: bool = False, version: Optional[int] = None) -> dict[str, dict]:
+    """Write ``recommender`` and ``similar_items`` (with warm-up records and catalog.json); returns {name: {"path", "mb"}}."""
+    ids = model.item_ids.numpy().astype(str)
+    catalog = {CATALOG_FILE: catalog_json(ids, titles)}
+    first, middle = str(ids[0]), str(ids[len(ids) // 2])
+    # Real ids, right padding, an unknown id and an empty history: the paths live requests take.
+    histories = [[first, middle, ""], [middle, "unknown-item", ""], ["", "", ""]]
+    out = {}
+    recommender = RecommenderExport(model, k, exclude_history)
+    path = save_versioned(recommender, export_dir, RECOMMENDER_MODEL, {"serving_default": recommender.serve},
+                          warmup=[predict_log(RECOMMENDER_MODEL, {"history": histories}),
+                                  predict_log(RECOMMENDER_MODEL, {"history": [[first]]})],
+                          extra_files=catalog, version=version)
+    out[RECOMMENDER_MODEL] = {"path": str(path), "mb": folder_mb(path)}
+    similar = SimilarItemsExport(model, k)
+    path = save_versioned(similar, export_dir, SIMILAR_MODEL, {"serving_default": similar.serve},
+                          warmup=[predict_log(SIMILAR_MODEL, {"item_id": [first, middle, "unknown-item"]}),
+                                  predict_log(SIMILAR_MODEL, {"item_id": [first]})],
+                          extra_files=catalog, version=version)
+    out[SIMILAR_MODEL] = {"path": str(path), "mb": folder_mb(path)}
+    return out

@@ -1,0 +1,113 @@
+"""Training data and the training loop of the sequential recommender.
+
+Model selection never looks at the reported split: each user's newest training example (the
+transition just before the valid one) is held out, training early-stops on its NDCG@10, and the
+model is then re-trained from scratch on every training example for the chosen number of epochs
+(``refit``), so the last transition of every user is learned too.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from tfrec import compat
+from tfrec.config.schema import RecommendationConfig
+from tfrec.data.tables import Catalog, Sequences
+from tfrec.recommend.model import SequentialRecommender
+
+tf = compat.tensorflow()
+
+
+def subset(sequences: Sequences, keep: np.ndarray) -> Sequences:
+    """The examples at positions ``keep`` (the flat item array is shared, not copied)."""
+    return replace(sequences, starts=sequences.starts[keep], ends=sequences.ends[keep], targets=sequences.targets[keep],
+                   users=sequences.users[keep])
+
+
+def split_newest(sequences: Sequences) -> tuple[Sequences, Sequences]:
+    """(rest, holdout): the holdout is each user's example with the longest history (their newest transition)."""
+    if len(sequences) == 0:
+        raise ValueError("no training examples in %s" % sequences.source)
+    order = np.lexsort((sequences.ends - sequences.starts, sequences.users.astype(str)))
+    users = sequences.users.astype(str)[order]
+    last = np.ones(len(order), bool)
+    last[:-1] = users[1:] != users[:-1]
+    holdout = np.sort(order[last])
+    rest = np.setdiff1d(np.arange(len(sequences)), holdout)
+    if len(rest) == 0:
+        raise ValueError("every user has a single training example: nothing is left to train on after holding out the newest")
+    return subset(sequences, rest), subset(sequences, holdout)
+
+
+def sampling_probability(sequences: Sequences, n_items: int) -> np.ndarray:
+    """Each item's share of the training targets (the chance it is an in-batch candidate, for logQ)."""
+    counts = np.bincount(sequences.targets, minlength=n_items).astype(np.float64)
+    return (counts / max(counts.sum(), 1.0)).astype(np.float32)
+
+
+def training_items(sequences: Sequences, catalog: Catalog) -> np.ndarray:
+    """Ids of the items that occur in training (histories or targets): the id vocabulary."""
+    rows = np.unique(np.concatenate([sequences.items, sequences.targets]))
+    return catalog.ids[rows].astype(str)
+
+
+def build_recommender(cfg: RecommendationConfig, catalog: Catalog, text_vectors: Optional[np.ndarray], train: Sequences,
+                      seed: int) -> SequentialRecommender:
+    """The configured model, compiled with Adam."""
+    model = SequentialRecommender(
+        catalog.ids.astype(str),
+        text_vectors if cfg.item_text else None,
+        training_items(train, catalog) if cfg.item_id else None,
+        encoder=cfg.encoder, dim=cfg.dim, max_history=cfg.max_history, layers=cfg.transformer_layers,
+        heads=cfg.transformer_heads, dropout=cfg.dropout, id_dropout=cfg.id_dropout, temperature=cfg.temperature,
+        softmax=cfg.softmax, sampling_probability=sampling_probability(train, len(catalog)) if cfg.sampling_correction else None,
+        seed=seed,
+    )
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    return model
+
+
+def example_arrays(sequences: Sequences, max_history: int) -> dict[str, np.ndarray]:
+    """{history_index [n, max_history] (front-padded with -1), target_index [n]}."""
+    history, _ = sequences.padded_histories(max_history)
+    return {"history_index": history, "target_index": sequences.targets.astype(np.int32)}
+
+
+def epoch_dataset(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> Any:
+    """One epoch of shuffled batches; the same batches for the same seed."""
+    n = len(arrays["target_index"])
+    return tf.data.Dataset.from_tensor_slices(arrays).shuffle(n, seed=seed, reshuffle_each_iteration=False).batch(batch_size)
+
+
+def user_matrix(model: SequentialRecommender, histories: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """User vectors [n, dim] of front-padded history rows."""
+    encode = getattr(model, "_user_fn", None)
+    if encode is None:  # one traced function per model, not one per call
+        encode = model._user_fn = tf.function(lambda h: model.user_vectors(h, training=False), reduce_retracing=True)
+    parts = [encode(tf.constant(histories[i : i + batch_size])).numpy() for i in range(0, len(histories), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float32)
+
+
+def item_matrix(model: SequentialRecommender) -> np.ndarray:
+    """Every catalog item's vector [n_items, dim]."""
+    return model.catalog_vectors(training=False).numpy()
+
+
+def fit_recommender(
+    build: Callable[[], SequentialRecommender],
+    train: Sequences,
+    cfg: RecommendationConfig,
+    trainer: Any,
+    *,
+    epochs: int,
+    seed: int,
+    validate: Optional[Callable[[Any], dict]] = None,
+) -> tuple[SequentialRecommender, Any]:
+    """Train ``epochs`` epochs with tfrec's Trainer; returns (model, TrainResult)."""
+    from tfrec.training.trainer import epoch_seed
+
+    arrays = example_arrays(train, cfg.max_history)
+    return trainer.fit(build, lambda epoch: epoch_dataset(arrays, cfg.batch_size, epoch_seed(seed, epoch)), epochs,
+                       validate=validate)
