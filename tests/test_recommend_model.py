@@ -162,3 +162,15 @@ def test_exports_answer_raw_item_ids_like_the_model(tmp_path):
     assert "item4" not in ids[0] and len(set(ids[0])) == 5
     assert list(ids[1]) == [""] * 5 and np.all(got["scores"].numpy()[1] == 0)
     assert (tmp_path / "recommender" / "1" / "assets.extra" / "catalog.json").is_file()
+
+
+@pytest.mark.parametrize("encoder", ["mean", "gru", "transformer"])
+def test_residual_model_starts_as_the_zero_shot_text_baseline(encoder):
+    """dim == text size: before training, user·item is the cosine of the history's mean text vector with each item's."""
+    from tfrec.baselines.recommend import zero_shot_history_scores
+
+    text = _vectors(d=12)
+    model = SequentialRecommender(IDS, text, IDS[:20], encoder=encoder, dim=12, max_history=6, heads=2, dropout=0.0, seed=0)
+    history = np.array([[-1, -1, 1, 2, 3, 4], [-1, -1, -1, -1, 5, 9]], np.int32)
+    scores = model.user_vectors(history).numpy() @ model.catalog_vectors().numpy().T
+    np.testing.assert_allclose(scores, zero_shot_history_scores(history, text), rtol=1e-5, atol=1e-5)

@@ -88,6 +88,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = slice_for_config(data, loaded.config)
         stats = dataset_stats(data, loaded.config)
         _info("data sliced for this run (data.max_* / data.period keys): statistics below are of the slice")
+    if not isinstance(data, SearchData) and dc.max_users:
+        from tfrec.data.slices import slice_recommendation_data
+
+        data = slice_recommendation_data(data, dc.max_users, loaded.config.run.seed)
+        stats = dataset_stats(data, loaded.config)
+        _info("data sliced for this run (data.max_users): statistics below are of the slice")
     write_json(run_dir / STATS_FILE, stats)
     for line in format_stats(stats):
         _out(line)
@@ -100,10 +106,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if args.warm_start:
             raise NotAvailable("--warm-start applies to search runs only in this release")
-        _info(
-            "note: recommendation training (dataset %s) is not in this release yet; the run holds the data "
-            "statistics only" % dc.dataset
-        )
+        started = time.perf_counter()
+        if dc.dataset == "movielens-100k":
+            from tfrec.recommend.movielens import train_movielens
+
+            train_movielens(loaded, data, run_dir, progress=loaded.config.train.progress)
+        else:
+            from tfrec.recommend.pipeline import train_recommendation
+
+            train_recommendation(loaded, data, run_dir)
+        _out("trained in %.1f min" % ((time.perf_counter() - started) / 60))
     _out("run_dir: %s" % run_dir)
     return 0
 
@@ -155,15 +167,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("tfrec export needs --run RUN_DIR (to export) or --check (to check an existing export)")
     if args.run is not None:
         run = _require_run(args.run)
-        if not (run / "search_config.json").is_file():
-            raise NotAvailable("run %s holds no trained search model; only search runs export in this release" % run)
-        from tfrec.search.export import export_scann, export_search, load_search_models
+        from tfrec.recommend.pipeline import SETTINGS_FILE
 
-        _info("rebuilding the trained models of %s ..." % run)
-        models = load_search_models(run)
-        exported = export_search(models, export_dir, version=args.version)
-        if args.scann:
-            exported.update(export_scann(models, export_dir, version=args.version))
+        if (run / SETTINGS_FILE).is_file():
+            exported = _export_recommendation(run, export_dir, args)
+        elif (run / "search_config.json").is_file():
+            exported = _export_search(run, export_dir, args)
+        else:
+            raise NotAvailable("run %s holds no exportable model (search runs and sequential recommendation runs export; "
+                               "MovieLens multi-task runs are benchmarks)" % run)
         for name, info in exported.items():
             _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
         from tfrec.serving.deploy import scan_export, write_deployment_files
@@ -181,6 +193,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not report.ok:
             raise CheckFailed("the export does not meet TF Serving's contract (problems listed above)")
     return 0
+
+
+def _export_search(run: Path, export_dir: Path, args: argparse.Namespace) -> dict:
+    from tfrec.search.export import export_scann, export_search, load_search_models
+
+    _info("rebuilding the trained models of %s ..." % run)
+    models = load_search_models(run)
+    exported = export_search(models, export_dir, version=args.version)
+    if args.scann:
+        exported.update(export_scann(models, export_dir, version=args.version))
+    return exported
+
+
+def _export_recommendation(run: Path, export_dir: Path, args: argparse.Namespace) -> dict:
+    from tfrec.recommend.export import export_recommendation
+    from tfrec.recommend.pipeline import load_recommender
+
+    if args.scann:
+        raise UsageError("--scann applies to search runs (recommendation exports are brute force over the catalog)")
+    _info("rebuilding the trained recommender of %s ..." % run)
+    model, data, settings = load_recommender(run)
+    return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
+                                 exclude_history=bool(settings["exclude_history"]), version=args.version)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -404,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds (default: %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON line per query instead of a table")
     p = add("bench", cmd_bench, "run benchmarks; results go to files under --out")
-    p.add_argument("--out", default="bench-results", metavar="DIR", help="results folder (default: %(default)s)")
+    p.add_argument("--out", default="bench_results", metavar="DIR", help="results folder (default: %(default)s)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
     p.add_argument("--config", default="configs/default.yaml", metavar="FILE", help="config whose data the benchmarks read")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="export the serving benchmark serves (default: %(default)s)")

@@ -100,6 +100,9 @@ class DataConfig:
     max_train_queries: int = _bounded(0, min=0)
     max_valid_queries: int = _bounded(0, min=0)
     max_products: int = _bounded(0, min=0)
+    # Recommendation datasets: a seeded sample of at most this many users (their train and valid
+    # examples; the catalog stays whole). 0 = every user.
+    max_users: int = _bounded(0, min=0)
     # Data arriving over time: keep period `period` of `periods` equal parts of the train and valid
     # queries, in the order they first appear in the files (continual training runs on one, then the next).
     periods: int = _bounded(1, min=1)
@@ -389,7 +392,11 @@ class RecommendationConfig:
     max_history: int = _bounded(50, min=1)
     # How the history becomes a user vector: masked mean, GRU or a causal Transformer (SASRec-style).
     encoder: HistoryEncoder = "transformer"
-    dim: int = _bounded(64, min=1)  # item and user vector size
+    # Item and user vector size. Equal to the text vectors' size (384 for MiniLM) the towers are
+    # residual: the untrained model is the zero-shot text baseline (see tfrec/recommend/model.py).
+    dim: int = _bounded(384, min=1)
+    # Width of the GRU / Transformer (items are projected into it and the result back to dim).
+    encoder_dim: int = _bounded(128, min=1)
     # Item = fusion of its cached (frozen) BERT text vector and an item-id embedding; ids outside the
     # training vocabulary get a zero id embedding, so cold items are scored from their text alone.
     item_text: bool = True

@@ -1,11 +1,12 @@
-"""Seeded slices of a search dataset, for smoke runs and CI (configs/quick.yaml)."""
+"""Seeded slices of a dataset, for smoke runs and CI (configs/quick.yaml)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from tfrec.data.tables import Catalog, Judgments, SearchData
+from tfrec.data.tables import Catalog, Judgments, RecommendationData, SearchData
 
 
 def _keep_queries(judgments: Judgments, limit: int, rng: np.random.Generator) -> Judgments:
@@ -74,3 +75,15 @@ def slice_search_data(
         return Judgments(j.queries, new_row[j.products].astype(np.int32), j.labels, j.source)
 
     return SearchData(catalog=catalog, train=remap(train), valid=remap(valid), drops=data.drops, name=data.name)
+
+
+def slice_recommendation_data(data: RecommendationData, max_users: int, seed: int) -> RecommendationData:
+    """Keep a seeded sample of ``max_users`` users (all their train and valid examples); the catalog stays whole."""
+    if not max_users:
+        return data
+    users = np.unique(np.concatenate([data.train.users.astype(str), data.valid.users.astype(str)]))
+    if max_users >= len(users):
+        return data
+    chosen = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
+    return replace(data, train=data.train.take(np.isin(data.train.users.astype(str), chosen)),
+                   valid=data.valid.take(np.isin(data.valid.users.astype(str), chosen)))

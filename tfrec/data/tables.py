@@ -101,6 +101,11 @@ class Sequences:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def take(self, rows: np.ndarray) -> "Sequences":
+        """The examples at ``rows`` (indices or a boolean mask); the flat item array is shared, not copied."""
+        return Sequences(items=self.items, starts=self.starts[rows], ends=self.ends[rows], targets=self.targets[rows],
+                         users=self.users[rows], source=self.source)
+
     def history_lengths(self) -> np.ndarray:
         """Length of each example's history."""
         return (self.ends - self.starts).astype(np.int64)

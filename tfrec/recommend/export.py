@@ -36,7 +36,7 @@ class _ModelParts(tf.Module):
     def __init__(self, model: SequentialRecommender) -> None:
         super().__init__()
         object.__setattr__(self, "model", model)  # used by the signatures; its variables are tracked below
-        self.layers = [model.row_lookup, model.item_fusion, model.encoder] + ([model.user_projection] if model.user_projection else [])
+        self.layers = [model.row_lookup, model.item_fusion, model.encoder, model.user_projection] + ([model.encoder_input] if model.encoder_input else [])
         self.items = tf.Variable(model.catalog_vectors(training=False), trainable=False, name="item_vectors")
 
 

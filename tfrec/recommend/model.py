@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from tfrec import compat
-from tfrec.recommend.encoders import history_encoder
+from tfrec.recommend.encoders import MaskedMeanEncoder, history_encoder
 from tfrec.text.fusion import FeatureFusion
 
 tf = compat.tensorflow()
@@ -43,6 +43,7 @@ class SequentialRecommender(tfrs.models.Model):
         *,
         encoder: str = "transformer",
         dim: int = 64,
+        encoder_dim: Optional[int] = None,
         max_history: int = 50,
         layers: int = 2,
         heads: int = 2,
@@ -75,18 +76,32 @@ class SequentialRecommender(tfrs.models.Model):
         # The text table is data, not a weight: a constant keeps it out of checkpoints and optimizers.
         texts = np.zeros((len(ids), 0), np.float32) if text_vectors is None else np.asarray(text_vectors, np.float32)
         self.text_table = tf.constant(texts)
+        # With dim == the text vectors' size the item tower is residual (text + a zero-initialised MLP of
+        # text and id) and the user tower adds a zero-initialised projection of the encoder's output to
+        # the history mean: at step 0 the model *is* the zero-shot text baseline and training moves away
+        # from it only as far as the data pays.
+        self.residual = texts.shape[1] == self.dim
         self.item_fusion = FeatureFusion(
             self.dim,
             id_vocabulary=list(dict.fromkeys(np.asarray(train_items).astype(str))) if train_items is not None and len(train_items) else None,
-            id_embedding_dim=self.dim,
+            id_embedding_dim=min(self.dim, 64) if self.residual else self.dim,
             id_dropout=id_dropout,
-            hidden_units=(),
+            hidden_units=(256,) if self.residual else (),
+            residual=self.residual,
             normalize_output=False,
             seed=seed,
             name="item_fusion",
         )
-        self.encoder = history_encoder(encoder, dim=self.dim, max_length=self.max_history, layers=layers, heads=heads, dropout=dropout)
-        self.user_projection = tf.keras.layers.Dense(self.dim, name="user_projection") if encoder == "mean" else None
+        # The GRU/Transformer run at encoder_dim (cheaper than the 384-d text space); a projection maps
+        # items into it, and user_projection maps its output back.
+        self.encoder_dim = int(encoder_dim or self.dim) if encoder != "mean" else self.dim
+        self.encoder_input = (tf.keras.layers.Dense(self.encoder_dim, name="encoder_input")
+                              if self.encoder_dim != self.dim else None)
+        self.encoder = history_encoder(encoder, dim=self.encoder_dim, max_length=self.max_history, layers=layers, heads=heads,
+                                       dropout=dropout)
+        self.mean = MaskedMeanEncoder(name="history_mean_skip")
+        self.user_projection = tf.keras.layers.Dense(self.dim, kernel_initializer="zeros" if self.residual else "glorot_uniform",
+                                                     name="user_projection")
         probability = None if sampling_probability is None else np.asarray(sampling_probability, np.float32)
         if probability is not None and probability.shape != (len(ids),):
             raise ValueError("sampling_probability needs one value per catalog item (%d), got shape %s" % (len(ids), probability.shape))
@@ -121,9 +136,13 @@ class SequentialRecommender(tfrs.models.Model):
         """Histories of catalog rows [B, H] (front-padded with -1, newest last) -> unit user vectors [B, dim]."""
         history = tf.convert_to_tensor(history, tf.int32)[:, -self.max_history:]
         items = self.item_vectors(history, training=training)
-        user = self.encoder(items, history >= 0, training=training)
-        if self.user_projection is not None:
-            user = user + self.user_projection(user)
+        mask = history >= 0
+        inputs = self.encoder_input(items) if self.encoder_input is not None else items
+        encoded = self.encoder(inputs, mask, training=training)
+        if self.residual:
+            user = self.mean(items, mask) + self.user_projection(encoded)
+        else:
+            user = encoded + self.user_projection(encoded)
         return tf.math.l2_normalize(user, axis=-1)
 
     def call(self, features: dict, training: bool = False) -> Any:

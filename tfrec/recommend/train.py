@@ -7,7 +7,6 @@ model is then re-trained from scratch on every training example for the chosen n
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -18,12 +17,6 @@ from tfrec.data.tables import Catalog, Sequences
 from tfrec.recommend.model import SequentialRecommender
 
 tf = compat.tensorflow()
-
-
-def subset(sequences: Sequences, keep: np.ndarray) -> Sequences:
-    """The examples at positions ``keep`` (the flat item array is shared, not copied)."""
-    return replace(sequences, starts=sequences.starts[keep], ends=sequences.ends[keep], targets=sequences.targets[keep],
-                   users=sequences.users[keep])
 
 
 def split_newest(sequences: Sequences) -> tuple[Sequences, Sequences]:
@@ -38,7 +31,7 @@ def split_newest(sequences: Sequences) -> tuple[Sequences, Sequences]:
     rest = np.setdiff1d(np.arange(len(sequences)), holdout)
     if len(rest) == 0:
         raise ValueError("every user has a single training example: nothing is left to train on after holding out the newest")
-    return subset(sequences, rest), subset(sequences, holdout)
+    return sequences.take(rest), sequences.take(holdout)
 
 
 def sampling_probability(sequences: Sequences, n_items: int) -> np.ndarray:
@@ -60,7 +53,7 @@ def build_recommender(cfg: RecommendationConfig, catalog: Catalog, text_vectors:
         catalog.ids.astype(str),
         text_vectors if cfg.item_text else None,
         training_items(train, catalog) if cfg.item_id else None,
-        encoder=cfg.encoder, dim=cfg.dim, max_history=cfg.max_history, layers=cfg.transformer_layers,
+        encoder=cfg.encoder, dim=cfg.dim, encoder_dim=cfg.encoder_dim, max_history=cfg.max_history, layers=cfg.transformer_layers,
         heads=cfg.transformer_heads, dropout=cfg.dropout, id_dropout=cfg.id_dropout, temperature=cfg.temperature,
         softmax=cfg.softmax, sampling_probability=sampling_probability(train, len(catalog)) if cfg.sampling_correction else None,
         seed=seed,

@@ -1,0 +1,1 @@
+"""Recommendation models: sequential next-item recommendation and the MovieLens multi-task model."""

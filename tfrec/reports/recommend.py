@@ -1,0 +1,195 @@
+"""The recommendation report of a run: report.md and a self-contained report.html with SVG bar charts.
+
+It renders the dict of :func:`tfrec.evaluation.recommend.recommendation_report` (accuracy and
+beyond-accuracy metrics per system, paired bootstrap intervals against the reference) with the
+shared blocks of :mod:`tfrec.reports.markup`, tables of :mod:`tfrec.reports.tables` and charts of
+:mod:`tfrec.reports.svg`.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tfrec.files import write_bytes_atomic
+from tfrec.reports.markup import Block, Bullets, Figure, Heading, Paragraph, TableBlock, to_html, to_markdown
+from tfrec.reports.metrics import metric_label
+from tfrec.reports.svg import BarRow, Panel, color_for, paired_bars
+from tfrec.reports.tables import Cell, Table, fmt3, fmt_count, fmt_signed
+
+MARKDOWN_FILE = "report.md"
+HTML_FILE = "report.html"
+RECALL_CHART = "recall_at_k.svg"
+NDCG_CHART = "ndcg_at_k.svg"
+BEYOND_FAMILIES = ("coverage", "diversity", "novelty")
+_BEYOND_NAMES = {"coverage": "Coverage", "diversity": "Diversity", "novelty": "Novelty"}
+
+
+def _label(name: str) -> str:
+    family, _, k = name.partition("@")
+    if family in _BEYOND_NAMES:
+        return "%s@%s" % (_BEYOND_NAMES[family], k) if k else _BEYOND_NAMES[family]
+    return metric_label(name)
+
+
+def _cutoff_metrics(systems: Mapping[str, Mapping[str, Any]], family: str) -> list[str]:
+    found = {name for entry in systems.values() for name in entry if re.fullmatch(r"%s@\d+" % family, name)}
+    return sorted(found, key=lambda name: int(name.partition("@")[2]))
+
+
+def _systems(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    systems = report.get("systems")
+    if not isinstance(systems, Mapping) or not systems:
+        raise ValueError("report['systems'] must be a non-empty dict of systems, got %r" % (systems,))
+    for name, entry in systems.items():
+        if not isinstance(entry, Mapping):
+            raise ValueError("report['systems'][%r] must be a dict of metrics, got %r" % (name, entry))
+    return dict(systems)
+
+
+def _value(entry: Mapping[str, Any], name: str) -> float | None:
+    value = entry.get(name)
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def metrics_table(report: Mapping[str, Any]) -> Table:
+    """Systems x metrics: Recall@K, NDCG@K, MRR (best per column in bold), then coverage, diversity, novelty."""
+    systems = _systems(report)
+    accuracy = _cutoff_metrics(systems, "recall") + _cutoff_metrics(systems, "ndcg")
+    accuracy += ["mrr"] if any("mrr" in entry for entry in systems.values()) else []
+    beyond = [name for family in BEYOND_FAMILIES for name in _cutoff_metrics(systems, family)]
+    # higher is not simply better for diversity or novelty, so only accuracy columns mark a best value
+    best = {}
+    for name in accuracy:
+        shown = [round(v, 3) for entry in systems.values() if (v := _value(entry, name)) is not None]
+        best[name] = max(shown) if shown else None
+    rows = []
+    for key, entry in systems.items():
+        cells = [Cell(str(entry.get("label") or key)), Cell(str(entry.get("kind") or ""))]
+        for name in accuracy:
+            value = _value(entry, name)
+            cells.append(Cell(fmt3(value), numeric=True, bold=value is not None and round(value, 3) == best[name]))
+        cells += [Cell(fmt3(_value(entry, name)), numeric=True) for name in beyond]
+        rows.append(tuple(cells))
+    return Table(("System", "Kind") + tuple(_label(name) for name in accuracy + beyond), tuple(rows))
+
+
+def interval_table(report: Mapping[str, Any]) -> Table | None:
+    """Paired bootstrap over users: mean difference vs the reference, its interval, p-value and a verdict."""
+    tests = report.get("significance") or []
+    if not tests:
+        return None
+    systems = _systems(report)
+
+    def label(key: str) -> str:
+        return str(systems.get(key, {}).get("label") or key)
+
+    rows = []
+    for test in tests:
+        low, high = _value(test, "low"), _value(test, "high")
+        verdict = "-" if low is None or high is None else "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+        confidence = _value(test, "confidence") or 0.95
+        interval = "-" if low is None or high is None else "%g%% [%s, %s]" % (confidence * 100, fmt_signed(low), fmt_signed(high))
+        p = _value(test, "p_value")
+        rows.append((
+            Cell(label(str(test.get("system")))), Cell(label(str(test.get("versus")))), Cell(_label(str(test.get("metric")))),
+            Cell(fmt_signed(_value(test, "mean_diff")), numeric=True), Cell(interval, numeric=True),
+            Cell("-" if p is None else "< 0.001" if p < 0.001 else "%.3f" % p, numeric=True),
+            Cell(fmt_count(_value(test, "n_users")), numeric=True),
+            Cell(verdict, tone={"better": "good", "worse": "bad"}.get(verdict, "")),
+        ))
+    return Table(("System", "Versus", "Metric", "Mean difference", "Interval", "p-value", "Users", "Verdict"), tuple(rows))
+
+
+def _axis_end(values: Sequence[float]) -> float:
+    return min(1.0, max(0.1, math.ceil(max(values) * 10 + 1e-9) / 10))
+
+
+def bars_figure(report: Mapping[str, Any], family: str, file_name: str) -> Figure | None:
+    """Bars of ``family``@K (recall or ndcg) per system, one panel per K, or None if no system reports it."""
+    systems = _systems(report)
+    names = _cutoff_metrics(systems, family)
+    if not names:
+        return None
+    panels = []
+    for name in names:
+        present = [v for entry in systems.values() if (v := _value(entry, name)) is not None]
+        panels.append(Panel(_label(name), _label(name), 0.0, _axis_end(present or [0.0])))
+    rows = [BarRow(str(entry.get("label") or key), color_for(i), tuple(_value(entry, name) for name in names))
+            for i, (key, entry) in enumerate(systems.items())]
+    title = "%s per system" % ("Recall@K" if family == "recall" else "NDCG@K")
+    svg = paired_bars(rows, panels, title)
+    caption = "%s of the held-out item over the full ranking of %s; each panel has its own axis." % (
+        "Recall@K (hit rate)" if family == "recall" else "NDCG@K", _catalog(report))
+    return Figure(file_name, svg, title, caption)
+
+
+def _catalog(report: Mapping[str, Any]) -> str:
+    n_items = report.get("n_items")
+    return "all %s catalog items" % fmt_count(n_items) if isinstance(n_items, numbers.Real) else "all catalog items"
+
+
+def exclusion_line(report: Mapping[str, Any]) -> str:
+    """The sentence saying whether each user's history items were excluded from their list."""
+    if "exclude_history" not in report:
+        raise ValueError("report is missing 'exclude_history' (whether history items were excluded)")
+    if report["exclude_history"]:
+        return "History items were excluded: no user is recommended an item already in their history."
+    return "History items were not excluded: a user's own history items stay in the ranking (nothing excluded)."
+
+
+def _conventions(report: Mapping[str, Any]) -> Paragraph:
+    k = report.get("beyond_accuracy_k", 10)
+    depths = {entry.get("depth") for entry in _systems(report).values()}
+    depth = " (lists of %s)" % fmt_count(depths.pop()) if len(depths) == 1 and None not in depths else ""
+    text = (
+        "One held-out target per user, ranked against %s. Recall@K is 1 when the target is in the top K; "
+        "NDCG@K is 1/log2(rank + 2) with the 0-based rank of the target (ideal DCG 1); MRR is 1/(rank + 1) within "
+        "each system's list%s, 0 when absent. On top-%s lists: coverage is the share of the catalog recommended to "
+        "anyone; diversity is the mean pairwise cosine distance (1 - cos) of a list's item text vectors, averaged "
+        "over users; novelty is the mean -log2 p(item) of recommended items with %s. Intervals: paired bootstrap "
+        "over users of (system - %s)." % (
+            _catalog(report), depth, k, report.get("novelty_smoothing") or "add-one smoothed training popularity",
+            report.get("reference") or "the reference"))
+    return Paragraph(((text, ""),), note=True)
+
+
+def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str]) -> list[Block]:
+    """The whole report in reading order."""
+    systems = _systems(report)
+    meta = "%s users; full ranking over %s; %d systems." % (fmt_count(report.get("n_users")), _catalog(report), len(systems))
+    blocks: list[Block] = [
+        Heading(title, level=1),
+        Paragraph(((meta, ""),), note=True),
+        Paragraph(((exclusion_line(report), "strong"),)),
+        Heading("Results"),
+        TableBlock(metrics_table(report), "Bold: best value of an accuracy column."),
+    ]
+    for family, file_name in (("recall", RECALL_CHART), ("ndcg", NDCG_CHART)):
+        figure = bars_figure(report, family, file_name)
+        blocks += [figure] if figure else []
+    table = interval_table(report)
+    if table is not None:
+        blocks += [Heading("Bootstrap intervals"), TableBlock(table, "Verdict from the interval: better or worse when it excludes 0.")]
+    if notes:
+        blocks += [Heading("Notes"), Bullets(tuple(str(n) for n in notes))]
+    return blocks + [Heading("Metric conventions"), _conventions(report)]
+
+
+def write_recommendation_report(run_dir: Path, report: dict, title: str, notes: list[str]) -> None:
+    """Write report.md (SVG charts beside it) and a self-contained report.html (inline SVG) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    blocks = report_blocks(report, title, notes)
+    figures = {block.file_name: block for block in blocks if isinstance(block, Figure)}
+    for name in (RECALL_CHART, NDCG_CHART):
+        if name in figures:
+            write_bytes_atomic(run_dir / name, ('<?xml version="1.0" encoding="UTF-8"?>\n' + figures[name].svg + "\n").encode("utf-8"))
+        else:
+            (run_dir / name).unlink(missing_ok=True)  # a chart of an earlier report would contradict this one
+    write_bytes_atomic(run_dir / MARKDOWN_FILE, to_markdown(blocks).encode("utf-8"))
+    write_bytes_atomic(run_dir / HTML_FILE, to_html(title, blocks).encode("utf-8"))
