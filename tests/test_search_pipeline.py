@@ -71,6 +71,16 @@ def test_metrics_cover_every_view_with_seen_cold_split(run_dir):
     assert metrics["halves"]["tune"]["n_queries"] + metrics["halves"]["holdout"]["n_queries"] == metrics["n_queries"]["e2e"]
 
 
+def test_per_query_metrics_saved_for_paired_comparisons(run_dir):
+    saved = np.load(run_dir / "per_query.npz")
+    n = json.loads((run_dir / "metrics.json").read_text())["n_queries"]["e2e"]
+    assert len(saved["keys"]) == n
+    for key in ("tfrec_search/ndcg@10_e2e", "tfrec_hybrid/recall@10", "tfrec_two_tower/recall@10", "hybrid_bm25_minilm/ndcg@10_e2e"):
+        assert saved[key].shape == (n,), key
+    values = saved["tfrec_search/ndcg@10_e2e"]
+    assert np.nanmin(values) >= 0.0 and np.nanmax(values) <= 1.0
+
+
 def test_report_files_written(run_dir):
     for name in ("report.md", "report.html", "config.yaml", "search_config.json", "lexical/lexical_index.json"):
         assert (run_dir / name).is_file(), name

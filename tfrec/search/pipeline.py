@@ -592,6 +592,9 @@ class SearchTrainer:
             }
             per_query["tfrec_cross_encoder"] = {"ndcg@10_e2e": ev.end_to_end_ndcg(es, cross["top"], 10)[1], "ndcg@10_rerank": c_values}
 
+        for name, top in (("tfrec_two_tower", dense_only), ("tfrec_hybrid", self.valid_top)):
+            per_query[name] = {"recall@%d" % k: v for k, v in ev.recall_at_k_per_query(es, top, [k for k in ks if k <= top.shape[1]]).items()}
+        self.per_query = per_query
         significance, targets = self._significance_and_targets(systems, per_query)
         holdout = self._halves()
         notes = [
@@ -674,9 +677,23 @@ class SearchTrainer:
             json.dumps({"hybrid_weights": self.weights.as_dict(), "top_k": self.cfg.retrieval.top_k}, indent=2) + "\n", encoding="utf-8"
         )
         np.save(self.run_dir / "retrieval" / "catalog_vectors.npy", self.catalog_dense)
+        write_per_query(self.run_dir / PER_QUERY_FILE, self.valid_es.queries, self.per_query)
         md, html = write_search_report(_jsonable(self.metrics), self.run_dir)
         print(summary_table(_jsonable(self.metrics)), flush=True)
         log("report: %s and %s" % (md, html))
+
+
+PER_QUERY_FILE = "per_query.npz"
+
+
+def write_per_query(path: Path, keys: np.ndarray, per_query: dict[str, dict[str, np.ndarray]]) -> Path:
+    """Per-query (or per-user) metric arrays of every system, ``"<system>/<metric>"``, with the row keys, for paired comparisons."""
+    arrays = {"keys": np.asarray(keys).astype(str)}
+    for system, metrics in per_query.items():
+        for metric, values in metrics.items():
+            arrays["%s/%s" % (system, metric)] = np.asarray(values, dtype=np.float64)
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def _e2e(report: dict) -> dict:
