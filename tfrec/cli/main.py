@@ -233,6 +233,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Paired bootstrap CIs between two runs (or two systems of one run) over their per-query metrics."""
+    import json
+
+    from tfrec.evaluation.compare import PerQuery, compare, default_pairs, format_comparison
+
+    if len(args.runs) not in (1, 2):
+        raise UsageError("tfrec compare takes RUN_A RUN_B, or one RUN with --system and --against")
+    a = PerQuery.load(Path(args.runs[0]))
+    b = PerQuery.load(Path(args.runs[-1]))
+    if len(args.runs) == 1 and not (args.system and args.against):
+        raise UsageError("with one run, name the two systems: --system S --against T (systems: %s)" % ", ".join(a.systems()))
+    pairs = default_pairs(a, b, args.system, args.against)
+    if args.metric:
+        pairs = [p for p in pairs if p[2] in args.metric]
+        if not pairs:
+            raise UsageError("no compared array has metric %s" % ", ".join(args.metric))
+    rows = compare(a, b, pairs, n_resamples=args.resamples, seed=args.seed)
+    if args.json:
+        _out(json.dumps(rows))
+    else:
+        _out(format_comparison(rows, args.runs[0], args.runs[-1]))
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run the keras-tuner search declared in a config's `tune` section; writes best_config.yaml."""
     from tfrec.runs import create_run_dir
@@ -399,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "replayed) and report metrics on its valid queries too")
     p = add("evaluate", cmd_evaluate, "evaluate a run's models on the valid split")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory under runs/")
+    p = add("compare", cmd_compare, "paired bootstrap CIs between two runs (or two systems of a run) over queries/users")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="RUN_A RUN_B (same split), or one RUN with --system and --against")
+    p.add_argument("--system", default=None, help="system of RUN_A to compare (default: every system both runs have)")
+    p.add_argument("--against", default=None, help="system of RUN_B (or of the one RUN) to compare with (default: --system)")
+    p.add_argument("--metric", action="append", default=None, help="only this metric (repeatable), e.g. ndcg@10_e2e or recall@10")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p = add("export", cmd_export, "export a run's models as TF Serving SavedModels; --check verifies an export")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="a directory under runs/ (omit with --check to check only)")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="where export/<model>/<version>/ goes (default: %(default)s)")

@@ -153,9 +153,11 @@ class RecommendationTrainer:
         systems[name] = {"top": top_k_from_vectors(rt.user_matrix(model, history), items, k, exclude=history if rc.exclude_history else None),
                          "label": "tfrec %s (text + id)" % rc.encoder, "kind": "model"}
         reference = "zero_shot_text" if "zero_shot_text" in systems else "popularity"
+        self.per_user: dict = {}
         report = recommendation_report(systems, valid.targets, self.cfg.evaluation.ks, text, counts, n_items,
                                        exclude_history=rc.exclude_history, reference=reference,
-                                       n_resamples=self.cfg.evaluation.bootstrap_resamples, seed=self.cfg.run.seed)
+                                       n_resamples=self.cfg.evaluation.bootstrap_resamples, seed=self.cfg.run.seed,
+                                       per_user=self.per_user)
         seen = np.zeros(n_items, bool)
         seen[np.unique(np.concatenate([self.data.train.items, self.data.train.targets]))] = True
         report["seen_cold"] = self._seen_cold(systems, valid.targets, seen)
@@ -212,6 +214,10 @@ class RecommendationTrainer:
         (folder / VOCABULARY_FILE).write_text("".join(v + "\n" for v in vocabulary), encoding="utf-8")
         (self.run_dir / SETTINGS_FILE).write_text(json.dumps({"top_k": self.rc.top_k, "exclude_history": self.rc.exclude_history}, indent=2) + "\n",
                                                   encoding="utf-8")
+        from tfrec.evaluation.compare import PER_QUERY_FILE, write_per_query
+
+        # Valid has one example per user: the user ids key the rows for `tfrec compare`.
+        write_per_query(self.run_dir / PER_QUERY_FILE, self.data.valid.users.astype(str), self.per_user)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n", encoding="utf-8")
         write_recommendation_report(self.run_dir, metrics, "tfrec recommendation run: %s" % self.run_dir.name, _notes(self.cfg, metrics))
         log("report: %s" % (self.run_dir / "report.md"))

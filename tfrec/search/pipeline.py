@@ -677,23 +677,12 @@ class SearchTrainer:
             json.dumps({"hybrid_weights": self.weights.as_dict(), "top_k": self.cfg.retrieval.top_k}, indent=2) + "\n", encoding="utf-8"
         )
         np.save(self.run_dir / "retrieval" / "catalog_vectors.npy", self.catalog_dense)
+        from tfrec.evaluation.compare import PER_QUERY_FILE, write_per_query
+
         write_per_query(self.run_dir / PER_QUERY_FILE, self.valid_es.queries, self.per_query)
         md, html = write_search_report(_jsonable(self.metrics), self.run_dir)
         print(summary_table(_jsonable(self.metrics)), flush=True)
         log("report: %s and %s" % (md, html))
-
-
-PER_QUERY_FILE = "per_query.npz"
-
-
-def write_per_query(path: Path, keys: np.ndarray, per_query: dict[str, dict[str, np.ndarray]]) -> Path:
-    """Per-query (or per-user) metric arrays of every system, ``"<system>/<metric>"``, with the row keys, for paired comparisons."""
-    arrays = {"keys": np.asarray(keys).astype(str)}
-    for system, metrics in per_query.items():
-        for metric, values in metrics.items():
-            arrays["%s/%s" % (system, metric)] = np.asarray(values, dtype=np.float64)
-    np.savez_compressed(path, **arrays)
-    return path
 
 
 def _e2e(report: dict) -> dict:
