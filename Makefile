@@ -19,7 +19,7 @@ SET_ARGS := $(foreach s,$(SET),--set $(s))
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all export serve search tune evaluate bench bench-training bench-serving data validate clean
+.PHONY: help setup train test test-all export serve search tune evaluate bench bench-training bench-serving bench-movielens data validate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,14 +62,17 @@ evaluate: $(STAMP) ## evaluate RUN (default: the newest run)
 tune: $(STAMP) ## keras-tuner search of TUNE_CONFIG (default configs/tune.yaml); writes best_config.yaml
 	$(BIN)/tfrec tune --config $(TUNE_CONFIG) $(SET_ARGS)
 
-bench: $(STAMP) ## run the benchmarks; results are written under bench-results/
-	$(BIN)/tfrec bench --out bench-results
+bench: $(STAMP) ## run the benchmarks; results are written under bench_results/
+	$(BIN)/tfrec bench --out bench_results
 
 bench-training: $(STAMP) ## two-tower throughput default vs mirrored (2 logical CPUs) and checkpoint overhead
-	$(BIN)/tfrec bench --out bench-results --only training
+	$(BIN)/tfrec bench --out bench_results --only training
 
 bench-serving: $(STAMP) ## served latency/QPS and reliability through the development server (needs `make export`)
-	$(BIN)/tfrec bench --out bench-results --only serving --export-dir $(EXPORT_DIR)
+	$(BIN)/tfrec bench --out bench_results --only serving --export-dir $(EXPORT_DIR)
+
+bench-movielens: $(STAMP) ## TFRS basic-retrieval recipe vs tfrec on MovieLens 100K, one run (bench_results/movielens.json)
+	$(BIN)/tfrec bench --out bench_results --only movielens
 
 validate: $(STAMP) ## validate CONFIG's data and print its statistics
 	$(BIN)/tfrec data validate --config $(CONFIG) $(SET_ARGS)

@@ -71,6 +71,9 @@ def test_metrics_compare_the_model_with_both_baselines(run_dir):
     assert 1 <= sel["best_epoch"] <= sel["epochs_run"] <= 2 and sel["holdout_examples"] == 300
     assert metrics["seen_cold"]["valid_targets"] == 300
     assert {"item tower", "zero-shot text"} <= set(metrics["similar_items"])
+    saved = np.load(run_dir / "per_query.npz")
+    assert len(set(saved["keys"])) == 300
+    np.testing.assert_allclose(saved["tfrec_transformer/recall@10"].mean(), systems["tfrec_transformer"]["recall@10"])
 
 
 def test_report_states_the_exclusion_policy(run_dir):

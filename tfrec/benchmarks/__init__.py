@@ -25,11 +25,18 @@ def _training(out_dir: Path, data_config: str, _export: Path) -> list[Path]:
     return training.run(out_dir, data_config)
 
 
+def _movielens(out_dir: Path, _config: str, _export: Path) -> list[Path]:
+    from tfrec.benchmarks import movielens  # trains the TFRS recipe and tfrec's model: only when asked
+
+    return movielens.run(out_dir, "configs/movielens.yaml")
+
+
 BENCHMARKS = {
     "data_layer": lambda out, config, _export: data_layer.run(out, config),
     "text_encoding": lambda out, config, _export: _text_encoding(out, config),
     "serving": _serving,
     "training": _training,
+    "movielens": _movielens,
 }
 
 
