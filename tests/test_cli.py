@@ -104,7 +104,7 @@ def test_data_validate_reports_statistics(capsys, in_repo, homedepot_slice, tmp_
     assert out.strip().splitlines()[-1] == "data ok: no rows dropped"
 
 
-def test_evaluate_shows_the_saved_evaluation_and_unreleased_commands_say_so(capsys, in_repo, homedepot_slice, tmp_path):
+def test_evaluate_shows_the_saved_evaluation_and_incomplete_runs_say_so(capsys, in_repo, homedepot_slice, tmp_path):
     """`evaluate` prints a run's saved metrics; a run without them exits 2 saying what is missing."""
     code, out, _ = run_cli(capsys, "train", *slice_args(homedepot_slice, tmp_path / "runs"))
     run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
@@ -112,9 +112,9 @@ def test_evaluate_shows_the_saved_evaluation_and_unreleased_commands_say_so(caps
     assert code == 0 and "tfrec search" in out and "metrics.json" in err
     (run_dir / "metrics.json").unlink()
     (run_dir / "search_config.json").unlink()
-    for argv in (["export", "--run", str(run_dir)], ["evaluate", "--run", str(run_dir)]):
+    for argv, says in ((["export", "--run", str(run_dir)], "holds no exportable model"), (["evaluate", "--run", str(run_dir)], "did not finish")):
         code, out, err = run_cli(capsys, *argv)
-        assert code == 2 and "in this release" in err and out == "", err
+        assert code == 2 and says in err and out == "", err
     code, _, err = run_cli(capsys, "export", "--run", str(tmp_path))
     assert code == 1 and "is not a tfrec run directory" in err
 

@@ -124,3 +124,11 @@ def test_recommend_over_the_dev_server(exported, capsys):
     assert hits[0].item_id not in [h.item_id for h in similar]
     assert all(h.title for h in hits), "titles come from the export's catalog.json"
     assert similar[0].item_id in capsys.readouterr().out
+
+
+def test_evaluate_prints_the_saved_recommendation_table(run_dir, capsys):
+    with in_repository_root():
+        assert main(["evaluate", "--run", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "300 users" in out and "history items not excluded" in out
+    assert "Zero-shot MiniLM (history mean)" in out and "tfrec transformer" in out

@@ -225,12 +225,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = _require_run(args.run)
     metrics_file = run / "metrics.json"
     if not metrics_file.is_file():
-        raise NotAvailable("run %s has no metrics.json: only search runs are trained and evaluated in this release" % run)
-    from tfrec.reports.search import summary_table
-
+        raise NotAvailable("run %s has no metrics.json: its `tfrec train` did not finish (run it again with --run-dir %s "
+                           "to resume)" % (run, run))
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     _info("evaluation saved by `tfrec train` in %s (report: %s)" % (metrics_file, run / "report.html"))
-    _out(summary_table(json.loads(metrics_file.read_text(encoding="utf-8"))))
+    if "n_users" in metrics:  # sequential recommendation
+        _out(_recommendation_table(metrics))
+    elif metrics.get("task") == "movielens-multitask":
+        _out((run / "report.md").read_text(encoding="utf-8") if (run / "report.md").is_file() else json.dumps(metrics, indent=2))
+    else:
+        from tfrec.reports.search import summary_table
+
+        _out(summary_table(metrics))
     return 0
+
+
+def _recommendation_table(metrics: dict) -> str:
+    ks = metrics.get("ks", [10])
+    columns = ["recall@%d" % k for k in ks] + ["ndcg@%d" % k for k in ks] + ["mrr", "coverage@10", "diversity@10", "novelty@10"]
+    lines = ["%s split, %d users, %d items, history items %s" % (
+        metrics.get("split", "valid"), metrics["n_users"], metrics["n_items"], "excluded" if metrics["exclude_history"] else "not excluded"),
+        "%-34s" % "system" + "".join("%13s" % c for c in columns)]
+    for name, system in metrics["systems"].items():
+        lines.append("%-34s" % system.get("label", name)[:34] + "".join("%13.4f" % system[c] if c in system else "%13s" % "-" for c in columns))
+    return "\n".join(lines)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
