@@ -6,13 +6,11 @@ cores once the item text vectors are cached) feeds every test.
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_runs import export_run, in_repository_root, train_run
 from tfrec.cli.main import main
 
 SLICE = [
@@ -22,35 +20,14 @@ SLICE = [
 ]
 
 
-@contextmanager
-def in_repository_root():
-    old = os.getcwd()
-    os.chdir(Path(__file__).resolve().parents[1])
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, shared_datasets):
-    tmp = tmp_path_factory.mktemp("recommend")
-    args = ["train", "--config", "configs/amazon_scientific.yaml"]
-    for item in SLICE + ["run.output_dir=%s" % tmp]:
-        args += ["--set", item]
-    with in_repository_root():
-        assert main(args) == 0
-    runs = [p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("amazon-scientific")]
-    assert len(runs) == 1
-    return runs[0]
+    return train_run(tmp_path_factory.mktemp("recommend"), "configs/amazon_scientific.yaml", SLICE, "amazon-scientific")
 
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    with in_repository_root():
-        assert main(["export", "--run", str(run_dir), "--export-dir", str(out)]) == 0
-    return out
+    return export_run(run_dir, tmp_path_factory.mktemp("export"))
 
 
 def test_metrics_compare_the_model_with_both_baselines(run_dir):

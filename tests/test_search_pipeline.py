@@ -7,16 +7,14 @@ and tensorflow-text, as TF Serving would, and must give the numbers the evaluati
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_runs import export_run, in_repository_root, train_run
 from tfrec.cli.main import main
 
 SLICE = [
@@ -26,28 +24,10 @@ SLICE = [
 ]
 
 
-@contextmanager
-def in_repository_root():
-    """Module fixtures cannot use monkeypatch.chdir: run from the root, where configs/ resolves."""
-    old = os.getcwd()
-    os.chdir(Path(__file__).resolve().parents[1])
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, shared_datasets):
     tmp = tmp_path_factory.mktemp("search")
-    args = ["train", "--config", "configs/quick.yaml"]
-    for item in SLICE + ["run.output_dir=%s" % tmp, "text.cache_dir=%s" % (tmp / "cache")]:
-        args += ["--set", item]
-    with in_repository_root():
-        assert main(args) == 0
-    runs = [p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("homedepot-quick")]
-    assert len(runs) == 1
-    return runs[0]
+    return train_run(tmp, "configs/quick.yaml", SLICE + ["text.cache_dir=%s" % (tmp / "cache")], "homedepot-quick")
 
 
 def test_metrics_cover_every_view_with_seen_cold_split(run_dir):
@@ -89,10 +69,7 @@ def test_report_files_written(run_dir):
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    with in_repository_root():
-        assert main(["export", "--run", str(run_dir), "--export-dir", str(out)]) == 0
-    return out
+    return export_run(run_dir, tmp_path_factory.mktemp("export"))
 
 
 def test_export_layout_and_versions(exported):
