@@ -109,3 +109,28 @@ def test_evaluate_prints_the_saved_recommendation_table(run_dir, capsys):
     out = capsys.readouterr().out
     assert "300 users" in out and "history items not excluded" in out
     assert "Zero-shot MiniLM (history mean)" in out and "tfrec transformer" in out
+
+
+def test_movielens_sequential_exports_movie_ids_and_leaves_out_the_history(tmp_path, shared_datasets):
+    """configs/movielens_sequential.yaml: the sequential model on MovieLens, exported under MovieLens movie ids."""
+    import tensorflow as tf
+
+    run = train_run(tmp_path, "configs/movielens_sequential.yaml",
+                    ["data.max_users=60", "recommendation.epochs=1", "recommendation.top_k=10", "train.progress=false",
+                     "evaluation.bootstrap_resamples=100"], "movielens-sequential")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["exclude_history"] is True and metrics["n_users"] == 60 and metrics["n_items"] == 1682
+    assert "History items were excluded" in (run / "report.md").read_text()
+    out = export_run(run, tmp_path / "export")
+    serve = tf.saved_model.load(str(out / "recommender" / "1")).signatures["serving_default"]
+    history = ["50", "172", "181"]  # Star Wars and its two sequels, by MovieLens movie id
+    ids = serve(history=tf.constant([history + [""]]))["item_ids"].numpy()[0].astype(str)
+    assert len(ids) == 10 and not set(history) & set(ids)
+    assert all(i.isdigit() and 1 <= int(i) <= 1682 for i in ids)
+
+
+def test_multitask_task_is_refused_outside_movielens(tmp_path, shared_datasets, capsys):
+    with in_repository_root():
+        code = main(["train", "--config", "configs/amazon_scientific.yaml", "--set", "recommendation.task=multitask",
+                     "--set", "run.output_dir=%s" % tmp_path])
+    assert code != 0 and "movielens-100k" in capsys.readouterr().err

@@ -107,7 +107,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.warm_start:
             raise NotAvailable("--warm-start applies to search runs only in this release")
         started = time.perf_counter()
-        if dc.dataset == "movielens-100k":
+        task = loaded.config.recommendation.task
+        if task == "multitask" and dc.dataset != "movielens-100k":
+            raise UsageError("recommendation.task=multitask is the MovieLens 100K model (dataset movielens-100k), got %s" % dc.dataset)
+        if task == "multitask" or (task == "auto" and dc.dataset == "movielens-100k"):
             from tfrec.recommend.movielens import train_movielens
 
             train_movielens(loaded, data, run_dir, progress=loaded.config.train.progress)

@@ -388,6 +388,11 @@ class MultitaskConfig:
 class RecommendationConfig:
     """Sequential recommendation: a history encoder over BERT-fused items, trained with tfrs Retrieval."""
 
+    # What `tfrec train` trains on a recommendation dataset: the sequential recommender (history ->
+    # next item, exported as recommender + similar_items) or the MovieLens multi-task models
+    # (rating + retrieval on the TFRS tutorials' split). auto: multitask for movielens-100k,
+    # sequential for every other dataset.
+    task: Literal["auto", "sequential", "multitask"] = "auto"
     # The most recent items of a history the user tower reads (older ones are dropped).
     max_history: int = _bounded(50, min=1)
     # How the history becomes a user vector: masked mean, GRU or a causal Transformer (SASRec-style).
