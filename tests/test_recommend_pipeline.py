@@ -134,3 +134,17 @@ def test_multitask_task_is_refused_outside_movielens(tmp_path, shared_datasets, 
         code = main(["train", "--config", "configs/amazon_scientific.yaml", "--set", "recommendation.task=multitask",
                      "--set", "run.output_dir=%s" % tmp_path])
     assert code != 0 and "movielens-100k" in capsys.readouterr().err
+
+
+def test_your_own_interaction_log_trains_the_sequential_model(tmp_path):
+    """data.dataset=interactions-csv (a catalog CSV + one log) goes through the same sequential pipeline."""
+    from tfrec.data.synthetic import write_interactions_csv
+
+    folder = write_interactions_csv(tmp_path / "shop", n_items=120, n_users=40)
+    run = train_run(tmp_path / "runs", "configs/amazon_scientific.yaml",
+                    ["data.dataset=interactions-csv", "data.dir=%s" % folder, "data.interactions.rating_column=rating",
+                     "text.max_length=32", "recommendation.epochs=1", "recommendation.encoder=mean", "train.progress=false",
+                     "evaluation.bootstrap_resamples=100", "run.name=shop"], "shop")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_items"] == 120 and metrics["n_users"] == 40
+    assert (run / "recommender" / "weights.index").is_file()
