@@ -93,7 +93,7 @@ class RecommendationTrainer:
         self._stage("text vectors", started)
         model, training = self._train(vectors)
         started = time.perf_counter()
-        metrics = self._evaluate(model, vectors if vectors is not None else None, training)
+        metrics = self._evaluate(model, vectors, training)
         self._stage("evaluation", started)
         metrics["seconds"] = self.seconds
         self._save(model, metrics)
