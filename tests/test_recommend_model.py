@@ -94,6 +94,7 @@ def test_cold_item_is_represented_by_its_text_alone():
 
 def test_cold_item_with_a_twin_text_lands_next_to_its_seen_twin_after_training():
     """Train on sequences of seen items; a cold item whose text nearly equals item 3's is nearest to item 3."""
+    tf.keras.utils.set_random_seed(0)  # weight init and id dropout: one fixed run (seeds 0-7 all pass; margins vary)
     text = _vectors()
     text[22] = text[3] + 0.05 * _vectors(seed=9)[0]
     text[22] /= np.linalg.norm(text[22])

@@ -46,6 +46,8 @@ def test_metrics_compare_the_model_with_both_baselines(run_dir):
     assert ("tfrec_transformer", "recall@10") in versus
     sel = metrics["training"]["selection"]
     assert 1 <= sel["best_epoch"] <= sel["epochs_run"] <= 2 and sel["holdout_examples"] == 300
+    holdout = metrics["training"]["holdout"]
+    assert set(holdout) == {"recall@10", "ndcg@10"} and 0.0 <= holdout["ndcg@10"] <= holdout["recall@10"] <= 1.0
     assert metrics["seen_cold"]["valid_targets"] == 300
     assert {"item tower", "zero-shot text"} <= set(metrics["similar_items"])
     saved = np.load(run_dir / "per_query.npz")

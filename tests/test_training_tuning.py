@@ -344,16 +344,21 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_search_killed_mid_trial_resumes_that_trial(tmp_path):
-    """SIGKILL during trial 2: the rerun runs trial 2 again with the same values, then the rest, keeping trial 1."""
+def _toy_search_config(tmp_path, max_trials: int, space: dict):
+    """A tune config over an empty search-csv folder (the tests pass their own objective; no data is read)."""
     (tmp_path / "data").mkdir()
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"dataset": "search-csv", "dir": str(tmp_path / "data")},
         "train": {"progress": False},
-        "tune": {"max_trials": 3, "objective": "closeness", "directory": str(tmp_path / "tuning"),
-                 "space": [{"key": "ranking.learning_rate", "type": "float", "min": 0.001, "max": 0.1, "sampling": "log"}]},
+        "tune": {"max_trials": max_trials, "objective": "closeness", "directory": str(tmp_path / "tuning"), "space": [space]},
     }), encoding="utf-8")
+    return config
+
+
+def test_search_killed_mid_trial_resumes_that_trial(tmp_path):
+    """SIGKILL during trial 2: the rerun runs trial 2 again with the same values, then the rest, keeping trial 1."""
+    config = _toy_search_config(tmp_path, 3, {"key": "ranking.learning_rate", "type": "float", "min": 0.001, "max": 0.1, "sampling": "log"})
     script, log = tmp_path / "child.py", tmp_path / "calls.txt"
     script.write_text(CHILD, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -380,14 +385,7 @@ def test_search_killed_mid_trial_resumes_that_trial(tmp_path):
 
 def test_failed_trials_are_recorded_and_skipped(tmp_path):
     """A trial whose objective raises or returns NaN is FAILED with its reason; the best comes from completed ones."""
-    (tmp_path / "data").mkdir()
-    config = tmp_path / "tune.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"dataset": "search-csv", "dir": str(tmp_path / "data")},
-        "train": {"progress": False},
-        "tune": {"max_trials": 4, "objective": "closeness", "directory": str(tmp_path / "tuning"),
-                 "space": [{"key": "ranking.dropout", "type": "float", "min": 0.0, "max": 0.9}]},
-    }), encoding="utf-8")
+    config = _toy_search_config(tmp_path, 4, {"key": "ranking.dropout", "type": "float", "min": 0.0, "max": 0.9})
     calls = []
 
     def objective(cfg, epochs):
@@ -407,14 +405,7 @@ def test_failed_trials_are_recorded_and_skipped(tmp_path):
 
 def test_search_stops_after_three_failures_in_a_row_and_still_writes_results(tmp_path):
     """keras-tuner's stop after 3 consecutive failed trials surfaces as a RuntimeError; the trials are written."""
-    (tmp_path / "data").mkdir()
-    config = tmp_path / "tune.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"dataset": "search-csv", "dir": str(tmp_path / "data")},
-        "train": {"progress": False},
-        "tune": {"max_trials": 5, "objective": "closeness", "directory": str(tmp_path / "tuning"),
-                 "space": [{"key": "ranking.dropout", "type": "float", "min": 0.0, "max": 0.9}]},
-    }), encoding="utf-8")
+    config = _toy_search_config(tmp_path, 5, {"key": "ranking.dropout", "type": "float", "min": 0.0, "max": 0.9})
 
     def objective(cfg, epochs):
         raise ValueError("broken objective")

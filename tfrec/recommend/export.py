@@ -52,7 +52,8 @@ class RecommenderExport(_ModelParts):
     def serve(self, history: Any) -> dict:
         """The serving signature."""
         rows = pad_front(self.model.rows_of(history), self.model.max_history)
-        scores = tf.matmul(self.model.user_vectors(rows, training=False), self.items, transpose_b=True)
+        users = self.model.user_vectors(rows, training=False, catalog=self.items)  # item vectors precomputed at export
+        scores = tf.matmul(users, self.items, transpose_b=True)
         if self.exclude_history:
             seen = tf.reduce_any(tf.equal(tf.range(self.model.n_items)[None, None, :], rows[:, :, None]), axis=1)
             scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0), scores)  # below any cosine

@@ -132,10 +132,17 @@ class SequentialRecommender(tfrs.models.Model):
         """Every catalog item's vector, [n_items, dim]."""
         return self.item_vectors(tf.range(self.n_items, dtype=tf.int32), training=training)
 
-    def user_vectors(self, history: Any, training: bool = False) -> Any:
-        """Histories of catalog rows [B, H] (front-padded with -1, newest last) -> unit user vectors [B, dim]."""
+    def user_vectors(self, history: Any, training: bool = False, catalog: Any = None) -> Any:
+        """Histories of catalog rows [B, H] (front-padded with -1, newest last) -> unit user vectors [B, dim].
+
+        ``catalog`` (every item's inference vector, precomputed at export) is gathered from instead of
+        fusing the history's items again.
+        """
         history = tf.convert_to_tensor(history, tf.int32)[:, -self.max_history:]
-        items = self.item_vectors(history, training=training)
+        if catalog is None:
+            items = self.item_vectors(history, training=training)
+        else:
+            items = tf.where((history >= 0)[..., None], tf.gather(catalog, tf.maximum(history, 0)), tf.zeros([], catalog.dtype))
         mask = history >= 0
         inputs = self.encoder_input(items) if self.encoder_input is not None else items
         encoded = self.encoder(inputs, mask, training=training)
@@ -158,6 +165,8 @@ class SequentialRecommender(tfrs.models.Model):
         if self.softmax == "full":
             # Exact softmax over the whole catalog (tfrs's task fixes the positive on the diagonal of
             # in-batch candidates, so the full case is written out; summed over the batch like tfrs).
+            # The history's items are fused apart from the candidates on purpose: each gets its own
+            # id-dropout draw, so a history item and its candidate copy do not drop their ids together.
             logits = tf.matmul(users, self.catalog_vectors(training=training), transpose_b=True) / self.temperature
             return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
         target_vectors = self.item_vectors(targets, training=training)

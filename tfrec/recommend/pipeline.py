@@ -35,20 +35,12 @@ def log(message: str) -> None:
 
 
 def _trainer(loaded: LoadedConfig, run_dir: Path, name: str, strategy: Any, *, early_stopping: bool) -> Any:
-    from tfrec.config.loader import dump_config
-    from tfrec.training.trainer import Trainer
+    from tfrec.training.trainer import run_trainer
 
-    cfg = loaded.config
-    tc = cfg.train
-    return Trainer(
-        strategy,
-        checkpoint_dir=str(run_dir / "checkpoints" / name) if tc.checkpoint.enabled else None,
-        checkpoint_every_steps=tc.checkpoint.every_steps, keep_checkpoints=tc.checkpoint.keep, resume=tc.checkpoint.resume,
-        seed=cfg.run.seed, tensorboard_dir=str(run_dir / "tensorboard" / name) if tc.tensorboard else None,
-        config_text=dump_config(cfg), progress=tc.progress, mixed_precision="none",
-        early_stopping_metric=SELECTION_METRIC if early_stopping else None,
-        early_stopping_patience=cfg.recommendation.patience if early_stopping else 0,
-    )
+    # float32 always: the full-softmax logits over the catalog and the cosine norms need it.
+    return run_trainer(loaded.config, run_dir, name, strategy, mixed_precision="none",
+                       early_stopping_metric=SELECTION_METRIC if early_stopping else None,
+                       early_stopping_patience=loaded.config.recommendation.patience if early_stopping else 0)
 
 
 def text_vectors(loaded: LoadedConfig, data: RecommendationData) -> np.ndarray:
@@ -118,7 +110,8 @@ class RecommendationTrainer:
                                     "holdout_examples": len(holdout), "train_examples": len(rest),
                                     "stopped_early": result.stopped_early}}
         self._stage("training (selection)", started)
-        info["holdout"] = next_item_metrics(select, holdout, rc.max_history)
+        # The Trainer validated every epoch and put the best epoch's weights back: its numbers are those.
+        info["holdout"] = {k[len("val_"):]: v for k, v in curve[best].items() if k.startswith("val_")} if curve else {}
         if not rc.refit or best < 0:
             info["refit"] = False
             return select, info

@@ -343,20 +343,12 @@ class SearchTrainer:
 
     def _trainer(self, name: str, early_stopping: bool = False, progress: Optional[bool] = None) -> Any:
         """tfrec's trainer for one model of this run: strategy, checkpoints, TensorBoard, progress."""
-        from tfrec.config.loader import dump_config
-        from tfrec.training.trainer import Trainer
+        from tfrec.training.trainer import run_trainer
 
         tc = self.cfg.train
-        return Trainer(
-            self.strategy,
-            checkpoint_dir=str(self.run_dir / "checkpoints" / name) if tc.checkpoint.enabled else None,
-            checkpoint_every_steps=tc.checkpoint.every_steps, keep_checkpoints=tc.checkpoint.keep, resume=tc.checkpoint.resume,
-            seed=self.cfg.run.seed, tensorboard_dir=str(self.run_dir / "tensorboard" / name) if tc.tensorboard else None,
-            config_text=dump_config(self.cfg), progress=tc.progress if progress is None else progress,
-            mixed_precision=tc.distribute.mixed_precision,
-            early_stopping_metric=tc.early_stopping_metric if early_stopping else None,
-            early_stopping_patience=tc.early_stopping_patience if early_stopping else 0,
-        )
+        return run_trainer(self.cfg, self.run_dir, name, self.strategy, progress=progress,
+                           early_stopping_metric=tc.early_stopping_metric if early_stopping else None,
+                           early_stopping_patience=tc.early_stopping_patience if early_stopping else 0)
 
     def _previous_data(self) -> SearchData:
         from tfrec.data.datasets import load_data

@@ -51,7 +51,7 @@ from tfrec.training.steps import layer_generators, learning_rates, model_optimiz
 
 tf = compat.tensorflow()
 
-__all__ = ["MIXED_PRECISION", "CheckpointError", "TrainResult", "Trainer", "describe", "epoch_seed", "precision_policy"]
+__all__ = ["MIXED_PRECISION", "CheckpointError", "TrainResult", "Trainer", "describe", "epoch_seed", "precision_policy", "run_trainer"]
 
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -472,4 +472,25 @@ def describe(result: TrainResult) -> str:
         ", resumed from step %d" % result.resumed_from if result.resumed_from is not None else "",
         ", stopped early" if result.stopped_early else "",
         format_logs({k: v for k, v in last.items() if k != "epoch"}),
+    )
+
+
+def run_trainer(cfg: Any, run_dir: Any, name: str, strategy: Any, *, early_stopping_metric: Optional[str] = None,
+                early_stopping_patience: int = 0, progress: Optional[bool] = None,
+                mixed_precision: Optional[str] = None) -> Trainer:
+    """The Trainer of one model of a run, from the config's ``train`` section: checkpoints and TensorBoard under ``run_dir``."""
+    from pathlib import Path
+
+    from tfrec.config.loader import dump_config
+
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    return Trainer(
+        strategy,
+        checkpoint_dir=str(run_dir / "checkpoints" / name) if tc.checkpoint.enabled else None,
+        checkpoint_every_steps=tc.checkpoint.every_steps, keep_checkpoints=tc.checkpoint.keep, resume=tc.checkpoint.resume,
+        seed=cfg.run.seed, tensorboard_dir=str(run_dir / "tensorboard" / name) if tc.tensorboard else None,
+        config_text=dump_config(cfg), progress=tc.progress if progress is None else progress,
+        mixed_precision=tc.distribute.mixed_precision if mixed_precision is None else mixed_precision,
+        early_stopping_metric=early_stopping_metric, early_stopping_patience=early_stopping_patience,
     )
