@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "bm25s==0.3.16",  # the lexical baselines (plain and stemmed BM25) every search report compares
     "PyStemmer==3.1.0",  # Snowball stemmers for the stemmed baseline and tfrec's in-graph lexical index
+    "matplotlib>=3.8",  # the report's PNG charts (Agg backend: no display needed)
 ]
 
 setup(
@@ -40,7 +41,8 @@ setup(
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration.
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["tfrec=tfrec.cli.main:main"]},
     classifiers=[

@@ -210,15 +210,17 @@ def test_report_writer_writes_markdown_and_html_with_the_table(tmp_path):
     systems, targets = _toy_systems()
     report = recommendation_report(systems, targets, [1, 2], TOY_VECTORS, np.array([3, 1, 0]), 3, True,
                                    beyond_k=2, ci_metrics=("recall@2",), n_resamples=100)
-    write_recommendation_report(tmp_path, report, "Toy recommendation report", ["a note"])
+    _, _, charts = write_recommendation_report(tmp_path, report, "Toy recommendation report", ["a note"])
+    assert [c.name for c in charts] == ["recall_at_k.png", "ndcg_at_k.png", "beyond_accuracy.png"]
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "| System | Kind | Recall@1 | Recall@2 | NDCG@1 | NDCG@2 | MRR | Coverage@2 | Diversity@2 | Novelty@2 |" in markdown
     assert "History items were excluded" in markdown and "History items were excluded" in html
     assert "tfrec &lt;model> \\| v1" in markdown  # labels are escaped, not read as markup
     assert "95% [" in markdown and "a note" in markdown
-    assert html.count("<svg") == 2 and "<table>" in html and "tfrec &lt;model&gt; | v1" in html
-    assert (tmp_path / "recall_at_k.svg").read_text(encoding="utf-8").startswith("<?xml")
+    assert html.count('<img src="data:image/png;base64,') == 3 and "<table>" in html and "tfrec &lt;model&gt; | v1" in html
+    assert all(c.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
+    assert "![Beyond-accuracy bars](beyond_accuracy.png)" in markdown
     report["exclude_history"] = False
     write_recommendation_report(tmp_path, report, "Toy", [])
     assert "History items were not excluded" in (tmp_path / "report.md").read_text(encoding="utf-8")

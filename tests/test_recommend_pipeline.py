@@ -58,7 +58,10 @@ def test_metrics_compare_the_model_with_both_baselines(run_dir):
 def test_report_states_the_exclusion_policy(run_dir):
     md = (run_dir / "report.md").read_text()
     assert "NOT excluded" in md and "tfrec transformer" in md
-    assert (run_dir / "report.html").read_text().count("<svg") >= 2
+    html = (run_dir / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == 5  # recall, NDCG, beyond accuracy, per user, training curves
+    assert {"beyond_accuracy.png", "per_user.png", "training.png"} <= {p.name for p in run_dir.glob("*.png")}
+    assert "Per-user results" in md and "Training curves" in md
 
 
 def test_export_serves_the_model_the_evaluation_used(run_dir, exported):

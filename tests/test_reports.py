@@ -1,20 +1,25 @@
-"""Search report: Markdown/HTML files, SVG charts matching the metrics, escaping, validation, summary table."""
+"""Search report: Markdown/HTML files, PNG charts drawn from the metrics, escaping, validation, summary table."""
 from __future__ import annotations
 
 import math
+import base64
+import io
 import re
 import statistics
-import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 
+from matplotlib.image import imread
+
 from tfrec.reports import summary_table, write_search_report
 from tfrec.reports.markup import md_escape
+from tfrec.reports.metrics import parse_metrics
+from tfrec.reports.plots import bar_panels, recall_curves
+from tfrec.reports.search import ndcg_bars, recall_lines
 from tfrec.reports.tables import fmt_duration
 
-SVG = "{http://www.w3.org/2000/svg}"
 EVIL = "<script>alert('x')</script> & co"
 
 
@@ -123,25 +128,45 @@ def recall_points(metrics: dict) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture()
 def written(tmp_path):
     metrics = realistic_metrics()
-    md_path, html_path = write_search_report(metrics, tmp_path / "run")
+    md_path, html_path, charts = write_search_report(metrics, tmp_path / "run")
+    assert [c.name for c in charts] == ["recall_at_k.png", "ndcg.png"]  # no per-query data or logs given
     return metrics, md_path, html_path
 
 
+def png_pixels(data: bytes) -> np.ndarray:
+    """A PNG decoded to an RGB(A) array (fails on anything that is not a PNG)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(io.BytesIO(data), format="png")
+
+
+def assert_drawn(pixels: np.ndarray) -> None:
+    """A real chart: a sensible size, mostly white, with several distinct colours drawn on it."""
+    height, width = pixels.shape[:2]
+    assert width >= 500 and height >= 250
+    colours = {tuple(p) for p in (pixels[::4, ::4, :3] * 255).astype(int).reshape(-1, 3)}
+    assert len(colours) > 20
+
+
 def test_files_and_html_is_balanced_escaped_and_self_contained(written):
-    """Both reports and both charts exist; the HTML nests correctly, escapes labels and loads nothing."""
+    """Both reports and both charts exist; the HTML nests correctly, escapes labels, inlines its PNGs and loads nothing."""
     metrics, md_path, html_path = written
     run = md_path.parent
     assert md_path.name == "report.md" and html_path == run / "report.html"
-    assert (run / "recall_at_k.svg").is_file() and (run / "ndcg.svg").is_file()
     html = html_path.read_text(encoding="utf-8")
     parser = TagBalance()
     parser.feed(html)
     parser.close()
     assert parser.errors == [] and parser.stack == []
-    assert "script" not in parser.tags and "link" not in parser.tags and "img" not in parser.tags
-    assert parser.tags.count("svg") == 2 and parser.tags.count("table") == 8
+    assert "script" not in parser.tags and "link" not in parser.tags and "svg" not in parser.tags
+    assert parser.tags.count("img") == 2 and parser.tags.count("table") == 8
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    for name, source in zip(("recall_at_k.png", "ndcg.png"), sources):
+        prefix = "data:image/png;base64,"
+        assert source.startswith(prefix)  # self-contained: the page opens offline, without the PNG files
+        assert base64.b64decode(source[len(prefix):]) == (run / name).read_bytes()
+        assert_drawn(png_pixels((run / name).read_bytes()))
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in html
-    assert "<script" not in html and "src=" not in html and "@import" not in html
+    assert "<script" not in html and "http" not in " ".join(sources) and "@import" not in html
     assert "MiniLM | zero-shot" in html  # a pipe needs no escaping in HTML
     for system in metrics["systems"].values():
         if system["label"] != EVIL:
@@ -184,50 +209,42 @@ def test_markdown_view_tables_hold_the_numbers_with_best_in_bold(written):
                 assert cell == expected, (view, system["label"], name)
 
 
-def test_recall_svg_has_one_polyline_per_system_placed_by_value(written):
-    """One polyline per system with recall@K; x is affine in log10(K), y affine (decreasing) in recall."""
-    metrics, md_path, _ = written
-    root = ET.fromstring((md_path.parent / "recall_at_k.svg").read_text(encoding="utf-8"))
+def test_recall_chart_has_one_line_per_system_at_its_values(written):
+    """One line per system with recall@K, at exactly its (K, recall) points, on a log-K axis with the raw label."""
+    metrics, _, _ = written
+    lines = recall_lines(parse_metrics(metrics))
     expected = recall_points(metrics)
-    lines = [el for el in root.iter(SVG + "polyline") if el.get("class") == "series"]
-    assert len(lines) == len(expected) == 3
-    groups = [g for g in root.iter(SVG + "g") if g.find(SVG + "polyline") is not None and g.find(SVG + "title") is not None]
-    xs, ks, ys, values = [], [], [], []
-    for group in groups:
-        points = [tuple(map(float, p.split(","))) for p in group.find(SVG + "polyline").get("points").split()]
-        truth = expected[group.find(SVG + "title").text]
-        assert len(points) == len(truth)
-        xs += [x for x, _ in points]
-        ys += [y for _, y in points]
-        ks += [math.log10(k) for k, _ in truth]
-        values += [v for _, v in truth]
-    for coord, data in ((xs, ks), (ys, values)):
-        slope, intercept = np.polyfit(data, coord, 1)
-        assert np.allclose(np.polyval([slope, intercept], data), coord, atol=0.06)
-    assert np.polyfit(values, ys, 1)[0] < 0  # higher recall is drawn higher up
-    texts = [t.text for t in root.iter(SVG + "text")]
-    assert {"10", "100", "1,000", "Recall@K", "K (cut-off, log scale)"} <= set(texts)
-    assert EVIL in texts  # the legend holds the raw label; ElementTree unescaped it, so the file had it escaped
+    assert {line.label: [(int(k), v) for k, v in line.points] for line in lines} == expected and len(lines) == 3
+    assert [line.dashed for line in lines] == [metrics["systems"][k]["kind"] != "tfrec" for k in metrics["systems"]
+                                               if metrics["systems"][k]["label"] in expected]
+    fig = recall_curves(lines, "Recall@K")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    drawn = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+    assert drawn == {label: [(float(k), v) for k, v in points] for label, points in expected.items()}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "100", "1000"]
+    assert EVIL in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
-def test_ndcg_svg_bars_match_values(written):
-    """One bar per reported E2E / re-rank NDCG@10; widths are affine in the value within each panel."""
+def test_ndcg_chart_bars_match_values(written):
+    """One bar per system and panel, as long as its E2E / re-rank NDCG@10; a missing value is a labelled n/a."""
     metrics, md_path, _ = written
-    root = ET.fromstring((md_path.parent / "ndcg.svg").read_text(encoding="utf-8"))
-    bars = [el for el in root.iter(SVG + "rect") if el.get("class") == "bar"]
+    rows, panels, views, _ = ndcg_bars(parse_metrics(metrics))
+    assert views == ["e2e", "rerank"]
     e2e = [s["e2e"]["ndcg@10"] for s in metrics["systems"].values() if s.get("e2e")]
     rerank = [s["rerank"]["ndcg@10"] for s in metrics["systems"].values() if s.get("rerank")]
-    assert len(bars) == len(e2e) + len(rerank) == 8
-    for metric, truth in (("End-to-end NDCG@10", e2e), ("Re-rank NDCG@10", rerank)):
-        mine = [b for b in bars if ": %s = " % metric in b.find(SVG + "title").text]
-        shown = [float(b.find(SVG + "title").text.rsplit("= ", 1)[1]) for b in mine]
-        assert shown == pytest.approx(truth, abs=5e-4)
-        widths = [float(b.get("width")) for b in mine]
-        slope, intercept = np.polyfit(truth, widths, 1)
-        assert slope > 0 and np.allclose(np.polyval([slope, intercept], truth), widths, atol=0.06)
+    assert [r.values[0] for r in rows if r.values[0] is not None] == pytest.approx(e2e)
+    assert [r.values[1] for r in rows if r.values[1] is not None] == pytest.approx(rerank)
+    fig = bar_panels(rows, panels, "NDCG@10")
+    for p, ax in enumerate(fig.axes):
+        widths = [bar.get_width() for bar in ax.patches]
+        assert widths == pytest.approx([r.values[p] if r.values[p] is not None else 0.0 for r in rows])
+        texts = [t.get_text() for t in ax.texts]
+        assert texts == ["n/a" if r.values[p] is None else "%.3f" % r.values[p] for r in rows]
+        assert ax.get_xlim()[0] == pytest.approx(panels[p].start)
     md = md_path.read_text(encoding="utf-8")
     start = float(re.search(r"re-rank axis starts at ([0-9.]+), not 0: Random order already scores 0\.889", md).group(1))
-    assert 0.5 < start < min(rerank)
+    assert 0.5 < start < min(rerank) and panels[1].start == pytest.approx(start)
 
 
 def test_seen_cold_flags_a_gap_larger_than_the_baselines(written):
@@ -263,16 +280,18 @@ def test_significance_targets_timings_tables(written):
 def test_nulls_and_missing_optional_parts(tmp_path):
     """With only required keys the report still renders: no recall chart (an older one is removed), re-rank bars only."""
     write_search_report(realistic_metrics(), tmp_path)
-    md_path, html_path = write_search_report(minimal_metrics(), tmp_path)
+    (tmp_path / "recall_at_k.svg").write_text("<svg/>")  # a chart of a tfrec 0.1 report
+    md_path, html_path, charts = write_search_report(minimal_metrics(), tmp_path)
     md = md_path.read_text(encoding="utf-8")
-    assert not (tmp_path / "recall_at_k.svg").exists()
+    assert charts == [tmp_path / "ndcg.png"]
+    assert not (tmp_path / "recall_at_k.png").exists() and not (tmp_path / "recall_at_k.svg").exists()
     assert "No system reported retrieval metrics." in md and "No system reported end-to-end metrics." in md
     assert md_table(md, "| System | Kind | NDCG@10 | MRR |") == [["Random order", "reference", "0.889", "-"], ["Ranker", "", "**0.900**", "-"]]
-    root = ET.fromstring((tmp_path / "ndcg.svg").read_text(encoding="utf-8"))
-    assert len([el for el in root.iter(SVG + "rect") if el.get("class") == "bar"]) == 2
+    rows, panels, views, _ = ndcg_bars(parse_metrics(minimal_metrics()))
+    assert views == ["rerank"] and [r.values for r in rows] == [(0.889,), (0.9,)]
     parser = TagBalance()
     parser.feed(html_path.read_text(encoding="utf-8"))
-    assert parser.errors == [] and parser.stack == [] and parser.tags.count("svg") == 1
+    assert parser.errors == [] and parser.stack == [] and parser.tags.count("img") == 1
     lines = summary_table(minimal_metrics()).splitlines()
     assert re.split(r"\s{2,}", lines[-1].strip()) == ["Ranker", "-", "-", "-", "-", "-", "0.900"]
 

@@ -7,6 +7,7 @@ and tensorflow-text, as TF Serving would, and must give the numbers the evaluati
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -62,9 +63,39 @@ def test_per_query_metrics_saved_for_paired_comparisons(run_dir):
 
 
 def test_report_files_written(run_dir):
-    for name in ("report.md", "report.html", "config.yaml", "search_config.json", "lexical/lexical_index.json"):
+    for name in ("report.md", "report.html", "config.yaml", "search_config.json", "lexical/lexical_index.json", "top_results.json"):
         assert (run_dir / name).is_file(), name
-    assert "tfrec search" in (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert "tfrec search" in md
+    for chart in ("recall_at_k.png", "ndcg.png", "per_query.png", "training.png"):
+        assert "](%s)" % chart in md and (run_dir / chart).read_bytes()[:4] == b"\x89PNG", chart
+
+
+def test_worst_queries_gallery_shows_the_lowest_scoring_query(run_dir):
+    """The gallery's first card is the query with the lowest end-to-end NDCG@10, with what the system returned."""
+    from tfrec.evaluation.results import read_top_results
+
+    saved = np.load(run_dir / "per_query.npz")
+    values = saved["tfrec_search/ndcg@10_e2e"]
+    record = read_top_results(run_dir / "top_results.json")
+    assert [q["query"] for q in record["queries"]] == list(saved["keys"])
+    assert all(len(q["top"]) == 10 and set(q["top"]) <= set(record["products"]) for q in record["queries"])
+    worst = float(np.nanmin(values))
+    md = (run_dir / "report.md").read_text()
+    gallery = md[md.index("## Worst queries"):]
+    first_card = re.search(r"\*\*\"(.+?)\"\*\*\n_NDCG@10 ([0-9.]+);", gallery)
+    assert float(first_card.group(2)) == pytest.approx(worst, abs=5e-4)
+    assert values[list(saved["keys"]).index(first_card.group(1))] == pytest.approx(worst)
+
+
+def test_evaluate_rewrites_the_same_report(run_dir, in_repo, capsys):
+    """`tfrec evaluate` rebuilds report.html from the saved files: the page equals the one `tfrec train` wrote."""
+    before = (run_dir / "report.html").read_bytes()
+    (run_dir / "report.html").unlink()
+    assert main(["evaluate", "--run", str(run_dir)]) == 0
+    out = capsys.readouterr()
+    assert "tfrec search" in out.out and "report: %s" % (run_dir / "report.html") in out.err
+    assert (run_dir / "report.html").read_bytes() == before
 
 
 @pytest.fixture(scope="module")

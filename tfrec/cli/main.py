@@ -222,36 +222,18 @@ def _export_recommendation(run: Path, export_dir: Path, args: argparse.Namespace
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Show a run's valid-split evaluation (computed by `tfrec train`, saved as metrics.json)."""
-    import json
+    """Write a run's report (report.html, report.md, PNG charts) from what it saved, and print its summary."""
+    from tfrec.reports.evaluation import RunIncomplete, evaluate_run
 
-    run = _require_run(args.run)
-    metrics_file = run / "metrics.json"
-    if not metrics_file.is_file():
-        raise NotAvailable("run %s has no metrics.json: its `tfrec train` did not finish (run it again with --run-dir %s "
-                           "to resume)" % (run, run))
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    _info("evaluation saved by `tfrec train` in %s (report: %s)" % (metrics_file, run / "report.html"))
-    if "n_users" in metrics:  # sequential recommendation
-        _out(_recommendation_table(metrics))
-    elif metrics.get("task") == "movielens-multitask":
-        _out((run / "report.md").read_text(encoding="utf-8") if (run / "report.md").is_file() else json.dumps(metrics, indent=2))
-    else:
-        from tfrec.reports.search import summary_table
-
-        _out(summary_table(metrics))
+    try:
+        report = evaluate_run(_require_run(args.run))
+    except RunIncomplete as err:
+        raise NotAvailable(str(err)) from err
+    _out(report.summary)
+    _info("report: %s" % report.html)
+    for figure in report.figures:
+        _info("chart: %s" % figure)
     return 0
-
-
-def _recommendation_table(metrics: dict) -> str:
-    ks = metrics.get("ks", [10])
-    columns = ["recall@%d" % k for k in ks] + ["ndcg@%d" % k for k in ks] + ["mrr", "coverage@10", "diversity@10", "novelty@10"]
-    lines = ["%s split, %d users, %d items, history items %s" % (
-        metrics.get("split", "valid"), metrics["n_users"], metrics["n_items"], "excluded" if metrics["exclude_history"] else "not excluded"),
-        "%-34s" % "system" + "".join("%13s" % c for c in columns)]
-    for name, system in metrics["systems"].items():
-        lines.append("%-34s" % system.get("label", name)[:34] + "".join("%13.4f" % system[c] if c in system else "%13s" % "-" for c in columns))
-    return "\n".join(lines)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -443,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", default=None, metavar="RUN_DIR",
                    help="start from a previous search run's two towers (ids grown, train.continual.replay_fraction of its data "
                         "replayed) and report metrics on its valid queries too")
-    p = add("evaluate", cmd_evaluate, "evaluate a run's models on the valid split")
+    p = add("evaluate", cmd_evaluate, "write a run's report.html and PNG charts (valid split) and print its summary")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory under runs/")
     p = add("compare", cmd_compare, "paired bootstrap CIs between two runs (or two systems of a run) over queries/users")
     p.add_argument("runs", nargs="+", metavar="RUN", help="RUN_A RUN_B (same split), or one RUN with --system and --against")

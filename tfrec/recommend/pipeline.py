@@ -198,7 +198,7 @@ class RecommendationTrainer:
     # -- saving --------------------------------------------------------------------------------
 
     def _save(self, model: Any, metrics: dict) -> None:
-        from tfrec.reports.recommend import write_recommendation_report
+        from tfrec.reports.evaluation import evaluate_run
 
         folder = self.run_dir / MODEL_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -212,11 +212,11 @@ class RecommendationTrainer:
         # Valid has one example per user: the user ids key the rows for `tfrec compare`.
         write_per_query(self.run_dir / PER_QUERY_FILE, self.data.valid.users.astype(str), self.per_user)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n", encoding="utf-8")
-        write_recommendation_report(self.run_dir, metrics, "tfrec recommendation run: %s" % self.run_dir.name, _notes(self.cfg, metrics))
-        log("report: %s" % (self.run_dir / "report.md"))
+        log("report: %s" % evaluate_run(self.run_dir).html)
 
 
-def _notes(cfg: Any, metrics: dict) -> list[str]:
+def report_notes(cfg: Any, metrics: dict) -> list[str]:
+    """The report's notes on a recommendation run: split, model, epoch selection, cold targets, similar items."""
     rc = cfg.recommendation
     sel = metrics["training"]["selection"]
     notes = [

@@ -4,9 +4,11 @@ Block text is raw; each renderer escapes it, so strings from metrics.json can ho
 """
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from html import escape
+from pathlib import Path
 from typing import Sequence, Union
 
 from tfrec.reports.tables import Cell, Table
@@ -52,15 +54,31 @@ class TableBlock:
 
 @dataclass(frozen=True)
 class Figure:
-    """A chart: Markdown links the SVG file, HTML inlines the SVG markup."""
+    """A chart: Markdown links the PNG file written beside it, HTML inlines the PNG (a data: URI)."""
 
     file_name: str
-    svg: str
+    png: bytes
     alt: str
     caption: str
 
 
-Block = Union[Heading, Paragraph, Bullets, KeyValues, TableBlock, Figure]
+@dataclass(frozen=True)
+class Card:
+    """One gallery entry: a title line, a muted subtitle, and titled lists of lines."""
+
+    title: str
+    subtitle: str
+    lists: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Cards side by side (HTML) or one after another (Markdown)."""
+
+    cards: tuple[Card, ...]
+
+
+Block = Union[Heading, Paragraph, Bullets, KeyValues, TableBlock, Figure, Gallery]
 
 # Escape only what CommonMark/GFM would read as markup, so the raw file stays readable too:
 # code, emphasis, table pipes, "_" that is not inside a word, tags/autolinks, entities, link syntax.
@@ -117,8 +135,15 @@ def _md_table(table: Table) -> list[str]:
     return lines
 
 
+def _md_card(card: Card) -> str:
+    lines = ["**%s**" % md_escape(card.title)] + (["_%s_" % md_escape(card.subtitle)] if card.subtitle else [])
+    for heading, items in card.lists:
+        lines += ["", md_line(heading)] + ["%d. %s" % (i, md_escape(item)) for i, item in enumerate(items, 1)]
+    return "\n".join(lines)
+
+
 def to_markdown(blocks: Sequence[Block]) -> str:
-    """The report as GitHub-flavoured Markdown; figures are image links to their SVG files."""
+    """The report as GitHub-flavoured Markdown; figures are image links to their PNG files."""
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
@@ -137,6 +162,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
             out.append("\n".join(lines))
         elif isinstance(block, Figure):
             out.append("![%s](%s)\n\n_%s_" % (md_escape(block.alt), block.file_name, md_escape(block.caption)))
+        elif isinstance(block, Gallery):
+            out.append("\n\n".join(_md_card(card) for card in block.cards))
         else:
             raise ValueError("unknown report block %r" % (block,))
     return "\n\n".join(out) + "\n"
@@ -163,12 +190,18 @@ td.good { color: #1a7f37; }
 td.bad { color: #cf222e; }
 td.warn { background: #fff4e5; color: #9a3412; }
 figure { margin: 14px 0 8px; }
-svg { max-width: 100%; height: auto; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e4e7eb; border-radius: 4px; }
 code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f3f5f7;
   padding: 1px 4px; border-radius: 4px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 18px; margin: 6px 0; font-size: 14px; }
 dt { color: #59636e; } dd { margin: 0; overflow-wrap: anywhere; }
 ul { padding-left: 22px; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; margin: 10px 0; }
+.card { border: 1px solid #e4e7eb; border-radius: 6px; padding: 10px 12px; font-size: 13px; background: #fcfcfd; }
+.card-title { font-weight: 600; font-size: 14px; }
+.card-sub { color: #59636e; margin-bottom: 4px; }
+.card-list { color: #59636e; margin-top: 6px; font-weight: 600; }
+.card ol { margin: 2px 0; padding-left: 20px; }
 """
 
 
@@ -193,8 +226,17 @@ def _html_table(table: Table) -> str:
     return '<div class="scroll"><table>\n<thead><tr>%s</tr></thead>\n<tbody>\n%s\n</tbody>\n</table></div>' % (head, rows)
 
 
+def _html_card(card: Card) -> str:
+    parts = ['<div class="card"><div class="card-title">%s</div>' % escape(card.title)]
+    if card.subtitle:
+        parts.append('<div class="card-sub">%s</div>' % escape(card.subtitle))
+    for heading, items in card.lists:
+        parts.append('<div class="card-list">%s</div><ol>%s</ol>' % (escape(heading), "".join("<li>%s</li>" % escape(i) for i in items)))
+    return "".join(parts) + "</div>"
+
+
 def to_html(title: str, blocks: Sequence[Block]) -> str:
-    """The report as one HTML page: inline CSS and inline SVG, no scripts, no external resources."""
+    """The report as one HTML page: inline CSS and PNG charts as data: URIs, no scripts, no external resources."""
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
@@ -207,11 +249,42 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
             out.append("<dl>\n%s\n</dl>" % "\n".join("<dt>%s</dt><dd>%s</dd>" % (escape(k), escape(v)) for k, v in block.items))
         elif isinstance(block, TableBlock):
             out.append(_html_table(block.table) + ('\n<p class="note">%s</p>' % escape(block.note) if block.note else ""))
+        elif isinstance(block, Gallery):
+            out.append('<div class="gallery">\n%s\n</div>' % "\n".join(_html_card(card) for card in block.cards))
         elif isinstance(block, Figure):
-            out.append("<figure>\n%s\n<figcaption>%s</figcaption>\n</figure>" % (block.svg, escape(block.caption)))
+            out.append('<figure>\n<img src="data:image/png;base64,%s" alt="%s">\n<figcaption>%s</figcaption>\n</figure>'
+                       % (base64.b64encode(block.png).decode("ascii"), escape(block.alt), escape(block.caption)))
         else:
             raise ValueError("unknown report block %r" % (block,))
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             "<title>%s</title>\n<style>%s</style>\n</head>\n<body>\n<main>\n%s\n</main>\n</body>\n</html>\n"
             % (escape(title), CSS, "\n".join(out)))
+
+
+def write_report(run_dir: Path, title: str, blocks: Sequence[Block], chart_names: Sequence[str]) -> tuple[Path, Path, list[Path]]:
+    """Write report.md, its PNG charts beside it and a self-contained report.html; returns (md, html, pngs).
+
+    ``chart_names`` are every chart this kind of report can hold: one left from an earlier
+    report that this one lacks is deleted, since it would contradict the new report.
+    """
+    from tfrec.files import write_bytes_atomic
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    figures = {block.file_name: block for block in blocks if isinstance(block, Figure)}
+    unknown = sorted(set(figures) - set(chart_names))
+    if unknown:
+        raise ValueError("figures %s are not among the report's chart names %s" % (unknown, list(chart_names)))
+    written = []
+    for name in chart_names:
+        if name in figures:
+            write_bytes_atomic(run_dir / name, figures[name].png)
+            written.append(run_dir / name)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+        (run_dir / (Path(name).stem + ".svg")).unlink(missing_ok=True)  # the SVG charts of tfrec 0.1 reports
+    md, html = run_dir / "report.md", run_dir / "report.html"
+    write_bytes_atomic(md, to_markdown(blocks).encode("utf-8"))
+    write_bytes_atomic(html, to_html(title, blocks).encode("utf-8"))
+    return md, html, written

@@ -1,9 +1,9 @@
-"""The recommendation report of a run: report.md and a self-contained report.html with SVG bar charts.
+"""The recommendation report of a run: report.md and a self-contained report.html with PNG charts.
 
 It renders the dict of :func:`tfrec.evaluation.recommend.recommendation_report` (accuracy and
 beyond-accuracy metrics per system, paired bootstrap intervals against the reference) with the
 shared blocks of :mod:`tfrec.reports.markup`, tables of :mod:`tfrec.reports.tables` and charts of
-:mod:`tfrec.reports.svg`.
+:mod:`tfrec.reports.plots`.
 """
 from __future__ import annotations
 
@@ -11,18 +11,20 @@ import math
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from tfrec.files import write_bytes_atomic
-from tfrec.reports.markup import Block, Bullets, Figure, Heading, Paragraph, TableBlock, to_html, to_markdown
+from tfrec.reports.markup import Block, Bullets, Figure, Heading, Paragraph, TableBlock, write_report
 from tfrec.reports.metrics import metric_label
-from tfrec.reports.svg import BarRow, Panel, color_for, paired_bars
+from tfrec.reports.plots import BarRow, Panel, bar_panels, color_for, to_png
+from tfrec.reports.sections import PER_USER_CHART, TRAINING_CHART, RunExtras, distribution_section, training_section
 from tfrec.reports.tables import Cell, Table, fmt3, fmt_count, fmt_signed
 
 MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
-RECALL_CHART = "recall_at_k.svg"
-NDCG_CHART = "ndcg_at_k.svg"
+RECALL_CHART = "recall_at_k.png"
+NDCG_CHART = "ndcg_at_k.png"
+BEYOND_CHART = "beyond_accuracy.png"
+CHARTS = (RECALL_CHART, NDCG_CHART, BEYOND_CHART, PER_USER_CHART, TRAINING_CHART)
 BEYOND_FAMILIES = ("coverage", "diversity", "novelty")
 _BEYOND_NAMES = {"coverage": "Coverage", "diversity": "Diversity", "novelty": "Novelty"}
 
@@ -118,14 +120,33 @@ def bars_figure(report: Mapping[str, Any], family: str, file_name: str) -> Figur
     panels = []
     for name in names:
         present = [v for entry in systems.values() if (v := _value(entry, name)) is not None]
-        panels.append(Panel(_label(name), _label(name), 0.0, _axis_end(present or [0.0])))
+        panels.append(Panel(_label(name), 0.0, _axis_end(present or [0.0])))
     rows = [BarRow(str(entry.get("label") or key), color_for(i), tuple(_value(entry, name) for name in names))
             for i, (key, entry) in enumerate(systems.items())]
     title = "%s per system" % ("Recall@K" if family == "recall" else "NDCG@K")
-    svg = paired_bars(rows, panels, title)
     caption = "%s of the held-out item over the full ranking of %s; each panel has its own axis." % (
         "Recall@K (hit rate)" if family == "recall" else "NDCG@K", _catalog(report))
-    return Figure(file_name, svg, title, caption)
+    return Figure(file_name, to_png(bar_panels(rows, panels, title)), title, caption)
+
+
+def beyond_accuracy_figure(report: Mapping[str, Any]) -> Figure | None:
+    """Coverage, diversity and novelty bars per system (one panel each), or None if no system reports them."""
+    systems = _systems(report)
+    names = [name for family in BEYOND_FAMILIES for name in _cutoff_metrics(systems, family)[:1]]
+    if not names:
+        return None
+    panels = []
+    for name in names:
+        present = [v for entry in systems.values() if (v := _value(entry, name)) is not None] or [0.0]
+        end = 1.0 if max(present) <= 1.0 else math.ceil(max(present) + 0.5)  # novelty is in bits, the others are shares
+        panels.append(Panel(_label(name), 0.0, end))
+    rows = [BarRow(str(entry.get("label") or key), color_for(i), tuple(_value(entry, name) for name in names))
+            for i, (key, entry) in enumerate(systems.items())]
+    caption = ("Beyond accuracy, on each system's top-%s lists: coverage = share of the catalog recommended to anyone; "
+               "diversity = mean pairwise cosine distance of a list's item text vectors; novelty = mean self-information "
+               "(bits) of the recommended items. Higher is not better by itself: popularity has the lowest of all three."
+               % report.get("beyond_accuracy_k", 10))
+    return Figure(BEYOND_CHART, to_png(bar_panels(rows, panels, "Coverage, diversity and novelty")), "Beyond-accuracy bars", caption)
 
 
 def _catalog(report: Mapping[str, Any]) -> str:
@@ -158,8 +179,24 @@ def _conventions(report: Mapping[str, Any]) -> Paragraph:
     return Paragraph(((text, ""),), note=True)
 
 
-def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str]) -> list[Block]:
-    """The whole report in reading order."""
+def _per_user(report: Mapping[str, Any], extras: RunExtras) -> list[Block]:
+    systems = _systems(report)
+    model, reference = report.get("model"), report.get("reference")
+    keys = [k for k in (model, reference) if k in systems]
+    if not keys:
+        return []
+    metric = next((m for m in ("ndcg@50", "ndcg@10", "mrr") if "%s/%s" % (keys[0], m) in extras.per_query), None)
+    if metric is None:
+        return []
+    about = ("Where the model wins and loses: per-user %s (one held-out target each) of the model and of %s." % (
+        _label(metric), str(systems[keys[-1]].get("label") or keys[-1])))
+    return distribution_section(extras, [(k, str(systems[k].get("label") or k)) for k in keys], metric, "Per-user results", about,
+                                PER_USER_CHART, unit="users")
+
+
+def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str], extras: Optional[RunExtras] = None) -> list[Block]:
+    """The whole report in reading order; ``extras`` adds the per-user chart and training curves."""
+    extras = extras or RunExtras()
     systems = _systems(report)
     meta = "%s users; full ranking over %s; %d systems." % (fmt_count(report.get("n_users")), _catalog(report), len(systems))
     blocks: list[Block] = [
@@ -172,24 +209,31 @@ def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str]) -
     for family, file_name in (("recall", RECALL_CHART), ("ndcg", NDCG_CHART)):
         figure = bars_figure(report, family, file_name)
         blocks += [figure] if figure else []
+    beyond = beyond_accuracy_figure(report)
+    blocks += [beyond] if beyond else []
     table = interval_table(report)
     if table is not None:
         blocks += [Heading("Bootstrap intervals"), TableBlock(table, "Verdict from the interval: better or worse when it excludes 0.")]
+    blocks += _per_user(report, extras) + training_section(extras)
     if notes:
         blocks += [Heading("Notes"), Bullets(tuple(str(n) for n in notes))]
     return blocks + [Heading("Metric conventions"), _conventions(report)]
 
 
-def write_recommendation_report(run_dir: Path, report: dict, title: str, notes: list[str]) -> None:
-    """Write report.md (SVG charts beside it) and a self-contained report.html (inline SVG) into ``run_dir``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(report, title, notes)
-    figures = {block.file_name: block for block in blocks if isinstance(block, Figure)}
-    for name in (RECALL_CHART, NDCG_CHART):
-        if name in figures:
-            write_bytes_atomic(run_dir / name, ('<?xml version="1.0" encoding="UTF-8"?>\n' + figures[name].svg + "\n").encode("utf-8"))
-        else:
-            (run_dir / name).unlink(missing_ok=True)  # a chart of an earlier report would contradict this one
-    write_bytes_atomic(run_dir / MARKDOWN_FILE, to_markdown(blocks).encode("utf-8"))
-    write_bytes_atomic(run_dir / HTML_FILE, to_html(title, blocks).encode("utf-8"))
+def write_recommendation_report(run_dir: Path, report: dict, title: str, notes: list[str],
+                                extras: Optional[RunExtras] = None) -> tuple[Path, Path, list[Path]]:
+    """Write report.md, its PNG charts and a self-contained report.html into ``run_dir``; returns (md, html, charts)."""
+    return write_report(Path(run_dir), title, report_blocks(report, title, notes, extras), CHARTS)
+
+
+def summary_table(metrics: Mapping[str, Any]) -> str:
+    """A fixed-width table of a recommendation run's systems (what `tfrec evaluate` prints)."""
+    ks = metrics.get("ks", [10])
+    columns = ["recall@%d" % k for k in ks] + ["ndcg@%d" % k for k in ks] + ["mrr", "coverage@10", "diversity@10", "novelty@10"]
+    lines = ["%s split, %d users, %d items, history items %s" % (
+        metrics.get("split", "valid"), metrics["n_users"], metrics["n_items"], "excluded" if metrics["exclude_history"] else "not excluded"),
+        "%-34s" % "system" + "".join("%13s" % c for c in columns)]
+    for name, system in metrics["systems"].items():
+        lines.append("%-34s" % str(system.get("label", name))[:34] + "".join(
+            "%13.4f" % system[c] if isinstance(system.get(c), (int, float)) else "%13s" % "-" for c in columns))
+    return "\n".join(lines)

@@ -1,14 +1,15 @@
-"""The search report of a run (report.md, report.html and their SVG charts) and the summary `tfrec train` prints."""
+"""The search report of a run (report.md, report.html and their PNG charts) and the summary `tfrec train` prints."""
 from __future__ import annotations
 
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-from tfrec.reports.markup import Block, Bullets, Figure, Heading, KeyValues, Paragraph, TableBlock, to_html, to_markdown
+from tfrec.reports.markup import Block, Bullets, Figure, Heading, KeyValues, Paragraph, TableBlock, write_report
 from tfrec.reports.metrics import VIEWS, SearchMetrics, metric_label, parse_metrics, recall_cutoff
-from tfrec.reports.svg import BarRow, Line, Panel, axis_start_near, color_for, paired_bars, recall_curve
+from tfrec.reports.plots import BarRow, Line, Panel, axis_start_near, bar_panels, color_for, recall_curves, to_png
+from tfrec.reports.sections import PER_QUERY_CHART, TRAINING_CHART, RunExtras, distribution_section, gallery_section, training_section
 from tfrec.reports.tables import (
     GAP_FLAG, exports_table, fmt3, fmt_count, fmt_value, seen_cold_table, significance_table, target_outcome,
     targets_table, timings_table, view_table,
@@ -16,8 +17,9 @@ from tfrec.reports.tables import (
 
 MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
-RECALL_CHART = "recall_at_k.svg"
-NDCG_CHART = "ndcg.svg"
+RECALL_CHART = "recall_at_k.png"
+NDCG_CHART = "ndcg.png"
+CHARTS = (RECALL_CHART, NDCG_CHART, PER_QUERY_CHART, TRAINING_CHART)
 SUMMARY_COLUMNS = (("E2E NDCG@10", "e2e", "ndcg@10"), ("R@10", "retrieval", "recall@10"), ("R@100", "retrieval", "recall@100"),
                    ("R@1000", "retrieval", "recall@1000"), ("MRR", "retrieval", "mrr"), ("Re-rank NDCG@10", "rerank", "ndcg@10"))
 _VIEW_WORDS = {"e2e": "end-to-end", "retrieval": "retrieval", "rerank": "re-rank"}
@@ -66,21 +68,27 @@ def _colors(report: SearchMetrics) -> dict[str, str]:
     return {system.key: color_for(i) for i, system in enumerate(report.systems)}
 
 
-def recall_figure(report: SearchMetrics) -> Figure | None:
-    """The recall@K curve of every system that reports recall at some K, or None if none does."""
+def recall_lines(report: SearchMetrics) -> list[Line]:
+    """One recall@K line per system that reports recall at some K (tfrec solid, others dashed)."""
     colors = _colors(report)
     lines = []
     for system in report.systems:
         points = [(float(k), v) for name, v in system.views.get("retrieval", {}).items() if (k := recall_cutoff(name)) and v is not None]
         if points:
             lines.append(Line(system.label, colors[system.key], system.kind != "tfrec", tuple(sorted(points))))
+    return lines
+
+
+def recall_figure(report: SearchMetrics) -> Figure | None:
+    """The recall@K curve of every system that reports recall at some K, or None if none does."""
+    lines = recall_lines(report)
     if not lines:
         return None
-    svg = recall_curve(lines, "Recall@K over the whole catalog", "K (cut-off, log scale)", "Recall@K")
+    png = to_png(recall_curves(lines, "Recall@K over the whole catalog"))
     caption = "Recall@K over %s; x axis: K on a log scale, a gridline at every K evaluated." % _catalog(report)
     if any(line.dashed for line in lines) and not all(line.dashed for line in lines):
         caption += " Solid lines: tfrec systems; dashed: baselines and references."
-    return Figure(RECALL_CHART, svg, "Recall@K curves", caption)
+    return Figure(RECALL_CHART, png, "Recall@K curves", caption)
 
 
 def _axis_end(values: list[float]) -> float:
@@ -88,8 +96,8 @@ def _axis_end(values: list[float]) -> float:
     return 1.0 if 0.5 < top <= 1.0 else max(0.1, math.ceil(top * 10 + 1e-9) / 10)
 
 
-def ndcg_figure(report: SearchMetrics) -> Figure | None:
-    """Bars of end-to-end and re-rank NDCG@10 per system, or None if no system reports either."""
+def ndcg_bars(report: SearchMetrics) -> tuple[list[BarRow], list[Panel], list[str], list[str]] | None:
+    """Rows, panels, views shown and axis notes of the NDCG@10 bar chart, or None if no system reports NDCG@10."""
     views = [(view, [s.value(view, "ndcg@10") for s in report.systems]) for view in ("e2e", "rerank")]
     views = [(view, values) for view, values in views if any(v is not None for v in values)]
     if not views:
@@ -100,7 +108,7 @@ def ndcg_figure(report: SearchMetrics) -> Figure | None:
         # re-rank NDCG of any ordering sits high (labels lean relevant), so its axis starts near the lowest bar
         start = axis_start_near(present) if view == "rerank" and min(present) >= 0.5 else 0.0
         name = "%s NDCG@10" % ("End-to-end" if view == "e2e" else "Re-rank")
-        panels.append(Panel("%s (axis from %s)" % (name, "%g" % start), name, start, _axis_end(present)))
+        panels.append(Panel("%s (axis from %s)" % (name, "%g" % start), start, _axis_end(present)))
         if start > 0:
             references = [s for s in report.systems if s.kind == "reference" and s.value(view, "ndcg@10") is not None]
             why = ("%s already scores %s there" % (references[0].label, fmt3(references[0].value(view, "ndcg@10")))
@@ -109,11 +117,20 @@ def ndcg_figure(report: SearchMetrics) -> Figure | None:
     colors = _colors(report)
     rows = [BarRow(s.label, colors[s.key], tuple(s.value(view, "ndcg@10") for view, _ in views))
             for s in report.systems if any(s.value(view, "ndcg@10") is not None for view, _ in views)]
-    svg = paired_bars(rows, panels, "NDCG@10 per system")
+    return rows, panels, [view for view, _ in views], notes
+
+
+def ndcg_figure(report: SearchMetrics) -> Figure | None:
+    """Bars of end-to-end and re-rank NDCG@10 per system, or None if no system reports either."""
+    bars = ndcg_bars(report)
+    if bars is None:
+        return None
+    rows, panels, views, notes = bars
+    png = to_png(bar_panels(rows, panels, "NDCG@10 per system"))
     what = {"e2e": "end-to-end NDCG@10 (top 10 from the whole catalog, unjudged = gain 0)",
             "rerank": "re-rank NDCG@10 (judged products only)"}
-    caption = "Bars: %s; each panel has its own axis." % " and ".join(what[view] for view, _ in views)
-    return Figure(NDCG_CHART, svg, "NDCG@10 bars", " ".join([caption] + notes))
+    caption = "Bars: %s; each panel has its own axis." % " and ".join(what[view] for view in views)
+    return Figure(NDCG_CHART, png, "NDCG@10 bars", " ".join([caption] + notes))
 
 
 def _view_section(report: SearchMetrics, view: str, heading: str, about: str) -> list[Block]:
@@ -156,16 +173,35 @@ def _conventions(report: SearchMetrics) -> list[Block]:
     return [Heading("Metric conventions"), Paragraph(parts)]
 
 
-def _training(report: SearchMetrics) -> list[Block]:
+def _training(report: SearchMetrics, extras: RunExtras) -> list[Block]:
     blocks: list[Block] = []
     for name, details in report.training.items():
         if details:
             blocks += [Heading(name[:1].upper() + name[1:], level=3), KeyValues(tuple((str(k), fmt_value(v)) for k, v in details.items()))]
-    return [Heading("Training")] + blocks if blocks else []
+    return training_section(extras) + ([Heading("Training")] + blocks if blocks else [])
 
 
-def report_blocks(report: SearchMetrics) -> list[Block]:
-    """The whole report, in reading order."""
+def _e2e_baseline(report: SearchMetrics) -> Optional[str]:
+    """The strongest baseline on end-to-end NDCG@10 (what the end-to-end target is measured against)."""
+    scored = [(s.value("e2e", "ndcg@10"), s.key) for s in report.systems if s.kind == "baseline" and s.value("e2e", "ndcg@10") is not None]
+    return max(scored)[1] if scored else None
+
+
+def _per_query(report: SearchMetrics, extras: RunExtras) -> list[Block]:
+    model = "tfrec_search" if any(s.key == "tfrec_search" for s in report.systems) else None
+    if model is None:
+        return []
+    keys = [model] + [k for k in [_e2e_baseline(report)] if k]
+    systems = [(k, report.label(k)) for k in keys]
+    about = ("Which queries fail: the spread of end-to-end NDCG@10 over the %s valid queries, for tfrec and the baseline "
+             "its target is measured against." % fmt_count(report.n_queries.get("e2e")))
+    blocks = distribution_section(extras, systems, "ndcg@10_e2e", "Per-query results", about, PER_QUERY_CHART)
+    return blocks + gallery_section(extras.worst, "NDCG@10", report.label(model), extras.missing)
+
+
+def report_blocks(report: SearchMetrics, extras: Optional[RunExtras] = None) -> list[Block]:
+    """The whole report, in reading order; ``extras`` adds per-query charts, the worst queries and training curves."""
+    extras = extras or RunExtras()
     blocks: list[Block] = [Heading(_title(report), level=1), _meta(report)]
     blocks += _optional_table("Targets", targets_table(report))
     blocks += _view_section(report, "e2e", "End-to-end search", "Each system retrieves from %s and its final top 10 is "
@@ -179,33 +215,18 @@ def report_blocks(report: SearchMetrics) -> list[Block]:
     blocks += _seen_cold_section(report)
     blocks += _optional_table("Significance", significance_table(report),
                               "Paired over queries: mean of (system − versus). Verdict from the interval when given, else p < 0.05.")
+    blocks += _per_query(report, extras)
     blocks += _optional_table("Timings", timings_table(report.timings))
-    blocks += _training(report)
+    blocks += _training(report, extras)
     blocks += _optional_table("Exports", exports_table(report.exports))
     blocks += [Heading("Notes"), Bullets(report.notes)] if report.notes else []
     return blocks + _conventions(report)
 
 
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a report
-    return path
-
-
-def write_search_report(metrics: Mapping[str, Any], run_dir: str | Path) -> tuple[Path, Path]:
-    """Write report.md (with its SVG charts beside it) and a self-contained report.html into ``run_dir``."""
+def write_search_report(metrics: Mapping[str, Any], run_dir: str | Path, extras: Optional[RunExtras] = None) -> tuple[Path, Path, list[Path]]:
+    """Write report.md, its PNG charts and a self-contained report.html into ``run_dir``; returns (md, html, charts)."""
     report = parse_metrics(metrics)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(report)
-    figures = {block.file_name: block for block in blocks if isinstance(block, Figure)}
-    for name in (RECALL_CHART, NDCG_CHART):
-        if name in figures:
-            _write(run_dir / name, '<?xml version="1.0" encoding="UTF-8"?>\n' + figures[name].svg + "\n")
-        else:
-            (run_dir / name).unlink(missing_ok=True)  # a chart left from an earlier report would contradict this one
-    return _write(run_dir / MARKDOWN_FILE, to_markdown(blocks)), _write(run_dir / HTML_FILE, to_html(_title(report), blocks))
+    return write_report(Path(run_dir), _title(report), report_blocks(report, extras), CHARTS)
 
 
 def _plain(text: str, width: int) -> str:

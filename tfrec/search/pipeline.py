@@ -661,7 +661,7 @@ class SearchTrainer:
         return significance, targets
 
     def _save(self) -> None:
-        from tfrec.reports.search import summary_table, write_search_report
+        from tfrec.reports.evaluation import evaluate_run
 
         path = self.run_dir / "metrics.json"
         path.write_text(json.dumps(_jsonable(self.metrics), indent=2) + "\n", encoding="utf-8")
@@ -672,9 +672,13 @@ class SearchTrainer:
         from tfrec.evaluation.compare import PER_QUERY_FILE, write_per_query
 
         write_per_query(self.run_dir / PER_QUERY_FILE, self.valid_es.queries, self.per_query)
-        md, html = write_search_report(_jsonable(self.metrics), self.run_dir)
-        print(summary_table(_jsonable(self.metrics)), flush=True)
-        log("report: %s and %s" % (md, html))
+        from tfrec.evaluation.results import TOP_RESULTS_FILE, top_results_record, write_top_results
+
+        write_top_results(self.run_dir / TOP_RESULTS_FILE, top_results_record(
+            self.valid_es, self.final_top, self.data.catalog.ids, self.titles, system="tfrec_search"))
+        report = evaluate_run(self.run_dir)
+        print(report.summary, flush=True)
+        log("report: %s (charts: %s)" % (report.html, ", ".join(p.name for p in report.figures) or "none"))
 
 
 def _e2e(report: dict) -> dict:
