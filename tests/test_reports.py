@@ -1,7 +1,6 @@
 """Search report: Markdown/HTML files, PNG charts drawn from the metrics, escaping, validation, summary table."""
 from __future__ import annotations
 
-import math
 import base64
 import io
 import re
