@@ -13,6 +13,9 @@ from typing import Sequence, Union
 
 from tfrec.reports.tables import Cell, Table
 
+MARKDOWN_FILE = "report.md"
+HTML_FILE = "report.html"
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -284,7 +287,7 @@ def write_report(run_dir: Path, title: str, blocks: Sequence[Block], chart_names
         else:
             (run_dir / name).unlink(missing_ok=True)
         (run_dir / (Path(name).stem + ".svg")).unlink(missing_ok=True)  # the SVG charts of tfrec 0.1 reports
-    md, html = run_dir / "report.md", run_dir / "report.html"
+    md, html = run_dir / MARKDOWN_FILE, run_dir / HTML_FILE
     write_bytes_atomic(md, to_markdown(blocks).encode("utf-8"))
     write_bytes_atomic(html, to_html(title, blocks).encode("utf-8"))
     return md, html, written

@@ -19,8 +19,6 @@ from tfrec.reports.plots import BarRow, Panel, bar_panels, color_for, to_png
 from tfrec.reports.sections import PER_USER_CHART, TRAINING_CHART, RunExtras, distribution_section, training_section
 from tfrec.reports.tables import Cell, Table, fmt3, fmt_count, fmt_signed
 
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
 RECALL_CHART = "recall_at_k.png"
 NDCG_CHART = "ndcg_at_k.png"
 BEYOND_CHART = "beyond_accuracy.png"
@@ -144,7 +142,7 @@ def beyond_accuracy_figure(report: Mapping[str, Any]) -> Figure | None:
             for i, (key, entry) in enumerate(systems.items())]
     caption = ("Beyond accuracy, on each system's top-%s lists: coverage = share of the catalog recommended to anyone; "
                "diversity = mean pairwise cosine distance of a list's item text vectors; novelty = mean self-information "
-               "(bits) of the recommended items. Higher is not better by itself: popularity has the lowest of all three."
+               "(bits) of the recommended items. Higher is not better by itself: random lists would top all three."
                % report.get("beyond_accuracy_k", 10))
     return Figure(BEYOND_CHART, to_png(bar_panels(rows, panels, "Coverage, diversity and novelty")), "Beyond-accuracy bars", caption)
 

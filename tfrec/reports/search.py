@@ -15,8 +15,6 @@ from tfrec.reports.tables import (
     targets_table, timings_table, view_table,
 )
 
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
 RECALL_CHART = "recall_at_k.png"
 NDCG_CHART = "ndcg.png"
 CHARTS = (RECALL_CHART, NDCG_CHART, PER_QUERY_CHART, TRAINING_CHART)
