@@ -68,58 +68,12 @@ def _load_and_describe(loaded) -> tuple[object, dict]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the configured models: search datasets train retrieval + ranker, evaluate, report."""
-    from tfrec.data.slices import slice_for_config
-    from tfrec.data.stats import dataset_stats, format_stats
-    from tfrec.data.tables import SearchData
-    from tfrec.runs import STATS_FILE, create_run_dir, write_json
+    from tfrec import api
 
-    loaded = _load(args)
-    if args.run_dir:
-        from tfrec.runs import open_run_dir
-
-        run_dir = open_run_dir(loaded, Path(args.run_dir))
-    else:
-        run_dir = create_run_dir(loaded)
-    _info("run directory %s (resolved config saved as config.yaml; if interrupted, run the same command with "
-          "--run-dir %s to resume from its checkpoints)" % (run_dir, run_dir))
-    data, stats = _load_and_describe(loaded)
-    dc = loaded.config.data
-    if isinstance(data, SearchData) and (dc.max_train_queries or dc.max_valid_queries or dc.max_products or dc.periods > 1):
-        data = slice_for_config(data, loaded.config)
-        stats = dataset_stats(data, loaded.config)
-        _info("data sliced for this run (data.max_* / data.period keys): statistics below are of the slice")
-    if not isinstance(data, SearchData) and dc.max_users:
-        from tfrec.data.slices import slice_recommendation_data
-
-        data = slice_recommendation_data(data, dc.max_users, loaded.config.run.seed)
-        stats = dataset_stats(data, loaded.config)
-        _info("data sliced for this run (data.max_users): statistics below are of the slice")
-    write_json(run_dir / STATS_FILE, stats)
-    for line in format_stats(stats):
-        _out(line)
-    if isinstance(data, SearchData):
-        from tfrec.search.pipeline import train_search
-
-        started = time.perf_counter()
-        train_search(loaded, data, run_dir, warm_start=Path(args.warm_start) if args.warm_start else None)
-        _out("trained in %.1f min" % ((time.perf_counter() - started) / 60))
-    else:
-        if args.warm_start:
-            raise NotAvailable("--warm-start applies to search runs only in this release")
-        started = time.perf_counter()
-        task = loaded.config.recommendation.task
-        if task == "multitask" and dc.dataset != "movielens-100k":
-            raise UsageError("recommendation.task=multitask is the MovieLens 100K model (dataset movielens-100k), got %s" % dc.dataset)
-        if task == "multitask" or (task == "auto" and dc.dataset == "movielens-100k"):
-            from tfrec.recommend.movielens import train_movielens
-
-            train_movielens(loaded, data, run_dir, progress=loaded.config.train.progress)
-        else:
-            from tfrec.recommend.pipeline import train_recommendation
-
-            train_recommendation(loaded, data, run_dir)
-        _out("trained in %.1f min" % ((time.perf_counter() - started) / 60))
-    _out("run_dir: %s" % run_dir)
+    try:
+        api.train(_load(args), run_dir=args.run_dir, warm_start=args.warm_start)  # prints the stats and `run_dir: ...`
+    except api.UnsupportedError as err:
+        raise UsageError(str(err)) from err
     return 0
 
 
@@ -165,60 +119,20 @@ def _require_run(run: str) -> Path:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's trained models as SavedModels (TF Serving layout: <dir>/<model>/<version>/) and/or check an export."""
-    export_dir = Path(args.export_dir)
+    from tfrec import api
+
     if args.run is None and not args.check:
         raise UsageError("tfrec export needs --run RUN_DIR (to export) or --check (to check an existing export)")
-    if args.run is not None:
-        run = _require_run(args.run)
-        from tfrec.recommend.pipeline import SETTINGS_FILE
-
-        if (run / SETTINGS_FILE).is_file():
-            exported = _export_recommendation(run, export_dir, args)
-        elif (run / "search_config.json").is_file():
-            exported = _export_search(run, export_dir, args)
+    try:
+        if args.run is not None:  # prints `export: <model> <version_path>` per SavedModel, then the deployment files
+            api.export(args.run, args.export_dir, version=args.version, check=args.check, scann=args.scann)
         else:
-            raise NotAvailable("run %s holds no exportable model (search runs and sequential recommendation runs export; "
-                               "MovieLens multi-task runs are benchmarks)" % run)
-        for name, info in exported.items():
-            _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
-        from tfrec.serving.deploy import scan_export, write_deployment_files
-
-        # The export folder carries TF Serving files matching its real versions (docker compose up there).
-        for path in write_deployment_files(export_dir, scan_export(export_dir)):
-            _out("deployment: %s" % path)
-    if args.check:
-        from tfrec.serving.conformance import check_export
-
-        _info("checking %s in a fresh TensorFlow-only process (what TF Serving can load) ..." % export_dir)
-        report = check_export(export_dir)
-        for line in report.lines():
-            _out(line)
-        if not report.ok:
-            raise CheckFailed("the export does not meet TF Serving's contract (problems listed above)")
+            api.check_export(args.export_dir)
+    except api.UnsupportedError as err:
+        raise UsageError(str(err)) from err
+    except api.ExportCheckError as err:
+        raise CheckFailed(str(err)) from err
     return 0
-
-
-def _export_search(run: Path, export_dir: Path, args: argparse.Namespace) -> dict:
-    from tfrec.search.export import export_scann, export_search, load_search_models
-
-    _info("rebuilding the trained models of %s ..." % run)
-    models = load_search_models(run)
-    exported = export_search(models, export_dir, version=args.version)
-    if args.scann:
-        exported.update(export_scann(models, export_dir, version=args.version))
-    return exported
-
-
-def _export_recommendation(run: Path, export_dir: Path, args: argparse.Namespace) -> dict:
-    from tfrec.recommend.export import export_recommendation
-    from tfrec.recommend.pipeline import load_recommender
-
-    if args.scann:
-        raise UsageError("--scann applies to search runs (recommendation exports are brute force over the catalog)")
-    _info("rebuilding the trained recommender of %s ..." % run)
-    model, data, settings = load_recommender(run)
-    return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
-                                 exclude_history=bool(settings["exclude_history"]), version=args.version)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -1,0 +1,353 @@
+"""tfrec's public Python API: what the ``tfrec`` commands do, as functions for notebooks and scripts.
+
+``import tfrec`` exposes every name here lazily (``tfrec.train``, ``tfrec.LocalClient``, ...).
+Importing this module is cheap: TensorFlow loads only when a function that needs it runs.
+
+    run = tfrec.train("configs/quick.yaml", ["retrieval.epochs=1"])   # -> runs/<name>-<time>/
+    report = tfrec.evaluate(run)                                      # report.html, PNG charts, metrics
+    tfrec.export(run, "export")                                       # export/<model>/<version>/
+    with tfrec.LocalClient("export") as client:                       # no server needed
+        hits = tfrec.SearchService(client, tfrec.ProductCatalog.from_export("export")).search("drill")
+    with tfrec.serve("export") as server:                             # gRPC + REST on 127.0.0.1
+        ...
+
+``train`` and ``export`` print what ``tfrec train`` / ``tfrec export`` print (results on stdout,
+progress on stderr), so a notebook shows the same lines as a terminal.
+"""
+from __future__ import annotations
+
+from tfrec import compat  # noqa: F401  (first: Keras 2 mode before anything imports TensorFlow)
+
+import functools
+import importlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from tfrec.config import LoadedConfig
+from tfrec.config import load_config as _load_config
+
+if TYPE_CHECKING:  # the real classes load TensorFlow; annotations only need their names
+    from tfrec.reports.evaluation import EvaluationReport
+    from tfrec.serving.conformance import ConformanceReport
+    from tfrec.serving.server import DevServer
+
+PathLike = Union[str, Path]
+
+# Re-exported lazily (their modules import TensorFlow): name -> module.
+_LAZY = {
+    "GrpcClient": "tfrec.serving.grpc_client",
+    "ServingError": "tfrec.serving.grpc_client",
+    "RestClient": "tfrec.serving.rest_client",
+    "SearchService": "tfrec.serving.service",
+    "RecommendService": "tfrec.serving.service",
+    "ProductCatalog": "tfrec.serving.service",
+    "Hit": "tfrec.serving.service",
+    "LocalClient": "tfrec.serving.local",
+    "EvaluationReport": "tfrec.reports.evaluation",
+}
+
+__all__ = [
+    "Comparison", "ExportCheckError", "TpuLocation", "UnsupportedError",
+    "check_export", "compare", "evaluate", "export", "find_tpu", "load_config", "load_data", "serve", "train",
+    *_LAZY,
+]
+
+
+class UnsupportedError(ValueError):
+    """A request this run or config cannot do (e.g. exporting a benchmark-only run); the message says why."""
+
+
+class ExportCheckError(RuntimeError):
+    """An export that does not meet TF Serving's contract; ``report`` lists the problems."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def __getattr__(name: str) -> Any:
+    """Load the re-exported serving classes on first use (they import TensorFlow)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _info(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- configs and data
+
+
+def load_config(path: Optional[PathLike], overrides: Sequence[str] = ()) -> LoadedConfig:
+    """Load a config: schema defaults, then the YAML file (and what it extends), then ``key.path=value`` overrides."""
+    if isinstance(overrides, str):
+        raise TypeError("overrides is a list of 'key.path=value' strings, got the single string %r" % overrides)
+    return _load_config(path, list(overrides))
+
+
+def _loaded(config: Union[PathLike, LoadedConfig], overrides: Sequence[str]) -> LoadedConfig:
+    if isinstance(config, LoadedConfig):
+        if overrides:
+            raise ValueError("overrides apply to a config file: pass the file's path with them, or put them in "
+                             "load_config(path, overrides) and pass its result alone")
+        return config
+    if not isinstance(config, (str, Path)):
+        raise TypeError("config must be a YAML path or a LoadedConfig, got %s" % type(config).__name__)
+    return load_config(config, overrides)
+
+
+def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = ()) -> tuple[Any, dict]:
+    """Read and validate a config's dataset (sliced by its ``data.max_*`` keys); returns (data, statistics)."""
+    data, stats, _ = _load_sliced(_loaded(config, overrides))
+    return data, stats
+
+
+def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
+    """(data, statistics, a note when sliced) of a config: what ``tfrec train`` trains on."""
+    from tfrec.data import load_data as read_data
+    from tfrec.data.stats import dataset_stats
+    from tfrec.data.tables import SearchData
+
+    started = time.perf_counter()
+    _info("loading %s from %s ..." % (loaded.config.data.dataset, loaded.config.data.dir))
+    data = read_data(loaded)
+    stats = dataset_stats(data, loaded.config)
+    stats["load_seconds"] = round(time.perf_counter() - started, 2)
+    dc = loaded.config.data
+    note = None
+    if isinstance(data, SearchData) and (dc.max_train_queries or dc.max_valid_queries or dc.max_products or dc.periods > 1):
+        from tfrec.data.slices import slice_for_config
+
+        data = slice_for_config(data, loaded.config)
+        stats = dataset_stats(data, loaded.config)
+        note = "data sliced for this run (data.max_* / data.period keys): statistics below are of the slice"
+    if not isinstance(data, SearchData) and dc.max_users:
+        from tfrec.data.slices import slice_recommendation_data
+
+        data = slice_recommendation_data(data, dc.max_users, loaded.config.run.seed)
+        stats = dataset_stats(data, loaded.config)
+        note = "data sliced for this run (data.max_users): statistics below are of the slice"
+    return data, stats, note
+
+
+# ----------------------------------------------------------------------------- train, evaluate, compare
+
+
+def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), run_dir: Optional[PathLike] = None,
+          warm_start: Optional[PathLike] = None) -> Path:
+    """Train and evaluate a config end to end (what ``tfrec train`` does); returns the run folder."""
+    from tfrec.data.stats import format_stats
+    from tfrec.data.tables import SearchData
+    from tfrec.runs import STATS_FILE, create_run_dir, open_run_dir, write_json
+
+    loaded = _loaded(config, overrides)
+    folder = open_run_dir(loaded, Path(run_dir)) if run_dir else create_run_dir(loaded)
+    _info("run directory %s (resolved config saved as config.yaml; if interrupted, run the same command with "
+          "--run-dir %s to resume from its checkpoints)" % (folder, folder))
+    data, stats, note = _load_sliced(loaded)
+    if note:
+        _info(note)
+    write_json(folder / STATS_FILE, stats)
+    for line in format_stats(stats):
+        _out(line)
+    dc = loaded.config.data
+    started = time.perf_counter()
+    if isinstance(data, SearchData):
+        from tfrec.search.pipeline import train_search
+
+        train_search(loaded, data, folder, warm_start=Path(warm_start) if warm_start else None)
+    else:
+        if warm_start:
+            raise UnsupportedError("--warm-start applies to search runs only in this release")
+        task = loaded.config.recommendation.task
+        if task == "multitask" and dc.dataset != "movielens-100k":
+            raise UnsupportedError("recommendation.task=multitask is the MovieLens 100K model (dataset movielens-100k), "
+                                   "got %s" % dc.dataset)
+        if task == "multitask" or (task == "auto" and dc.dataset == "movielens-100k"):
+            from tfrec.recommend.movielens import train_movielens
+
+            train_movielens(loaded, data, folder, progress=loaded.config.train.progress)
+        else:
+            from tfrec.recommend.pipeline import train_recommendation
+
+            train_recommendation(loaded, data, folder)
+    _out("trained in %.1f min" % ((time.perf_counter() - started) / 60))
+    _out("run_dir: %s" % folder)
+    return folder
+
+
+def _run_folder(run: PathLike) -> Path:
+    """A run folder, checked to be one (it holds the resolved config.yaml)."""
+    from tfrec.runs import CONFIG_FILE
+
+    path = Path(run)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError("%s is not a tfrec run directory (no %s in it)" % (path, CONFIG_FILE))
+    return path
+
+
+def evaluate(run: PathLike) -> "EvaluationReport":
+    """A trained run's evaluation: writes report.html and the PNG charts, returns them with the metrics."""
+    from tfrec.reports.evaluation import evaluate_run
+
+    return evaluate_run(_run_folder(run))  # RunIncomplete (a FileNotFoundError) when training did not finish
+
+
+@dataclass
+class Comparison:
+    """Paired bootstrap rows (A - B per system and metric) and their printable table."""
+
+    rows: list[dict] = field(default_factory=list)
+    table: str = ""
+
+    def __str__(self) -> str:
+        return self.table
+
+
+def compare(run_a: PathLike, run_b: Optional[PathLike] = None, *, system: Optional[str] = None,
+            against: Optional[str] = None, metrics: Sequence[str] = (), resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Paired bootstrap CIs of run_a minus run_b (or of ``system`` minus ``against`` within one run)."""
+    from tfrec.evaluation.compare import PerQuery, compare as paired, default_pairs, format_comparison
+
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    a = PerQuery.load(Path(run_a))
+    b = a if run_b is None else PerQuery.load(Path(run_b))
+    if run_b is None and not (system and against):
+        raise ValueError("with one run, name the two systems: system=S, against=T (systems: %s)" % ", ".join(a.systems()))
+    pairs = default_pairs(a, b, system, against)
+    if metrics:
+        pairs = [p for p in pairs if p[2] in metrics]
+        if not pairs:
+            raise ValueError("no compared array has metric %s" % ", ".join(metrics))
+    rows = paired(a, b, pairs, n_resamples=resamples, seed=seed)
+    return Comparison(rows, format_comparison(rows, str(run_a), str(run_b if run_b is not None else run_a)))
+
+
+# ----------------------------------------------------------------------------- export and serving
+
+
+def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int] = None, check: bool = False,
+           scann: bool = False) -> dict[str, dict]:
+    """Export a run's models as TF Serving SavedModels (what ``tfrec export`` does); returns {model: {"path", "mb"}}."""
+    folder = _run_folder(run)
+    export_dir = Path(export_dir)
+    from tfrec.recommend.pipeline import SETTINGS_FILE
+
+    if (folder / SETTINGS_FILE).is_file():
+        exported = _export_recommendation(folder, export_dir, version, scann)
+    elif (folder / "search_config.json").is_file():
+        exported = _export_search(folder, export_dir, version, scann)
+    else:
+        raise UnsupportedError("run %s holds no exportable model (search runs and sequential recommendation runs export; "
+                               "MovieLens multi-task runs are benchmarks)" % folder)
+    for name, info in exported.items():
+        _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
+    from tfrec.serving.deploy import scan_export, write_deployment_files
+
+    # The export folder carries TF Serving files matching its real versions (docker compose up there).
+    for path in write_deployment_files(export_dir, scan_export(export_dir)):
+        _out("deployment: %s" % path)
+    if check:
+        check_export(export_dir)
+    return exported
+
+
+def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
+    from tfrec.search.export import export_scann, export_search, load_search_models
+
+    _info("rebuilding the trained models of %s ..." % run)
+    models = load_search_models(run)
+    exported = export_search(models, export_dir, version=version)
+    if scann:
+        exported.update(export_scann(models, export_dir, version=version))
+    return exported
+
+
+def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
+    from tfrec.recommend.export import export_recommendation
+    from tfrec.recommend.pipeline import load_recommender
+
+    if scann:
+        raise UnsupportedError("--scann applies to search runs (recommendation exports are brute force over the catalog)")
+    _info("rebuilding the trained recommender of %s ..." % run)
+    model, data, settings = load_recommender(run)
+    return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
+                                 exclude_history=bool(settings["exclude_history"]), version=version)
+
+
+def check_export(export_dir: PathLike = "export") -> "ConformanceReport":
+    """Check an export as TF Serving would load it (fresh TensorFlow-only process); raises ExportCheckError on a problem."""
+    from tfrec.serving.conformance import check_export as check
+
+    _info("checking %s in a fresh TensorFlow-only process (what TF Serving can load) ..." % export_dir)
+    report = check(Path(export_dir))
+    for line in report.lines():
+        _out(line)
+    if not report.ok:
+        raise ExportCheckError("the export does not meet TF Serving's contract (problems listed above)", report)
+    return report
+
+
+@functools.lru_cache(maxsize=None)
+def _started_server_class() -> type:
+    from tfrec.serving.server import DevServer
+
+    class StartedServer(DevServer):
+        """A DevServer that ``serve()`` already started: ``with`` stops it at the end without starting it again."""
+
+        def __enter__(self) -> "StartedServer":
+            return self
+
+    return StartedServer
+
+
+def serve(export_dir: PathLike = "export", grpc_port: int = 0, rest_port: Optional[int] = 0, *, host: str = "127.0.0.1",
+          timeout: float = 600.0, **options: Any) -> "DevServer":
+    """Start the development server on an export (0 = a free port); returns it running, ``with`` stops it."""
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError("export folder %s not found: export a run first (tfrec.export(run, %r))" % (folder, str(folder)))
+    server = _started_server_class()(folder, host=host, grpc_port=grpc_port, rest_port=rest_port, **options)
+    return server.start(timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- accelerators
+
+
+@dataclass(frozen=True)
+class TpuLocation:
+    """Where a TPU seems to be: ``target`` for ``TPUClusterResolver(tpu=...)`` and what pointed at it."""
+
+    target: Optional[str]
+    source: str
+
+
+def find_tpu(tpu: str = "") -> Optional[TpuLocation]:
+    """The TPU this machine can reach (a name, grpc:// address or "local"), or None when none is in sight."""
+    import os
+
+    from tfrec.config.schema import DistributeConfig
+    from tfrec.training.strategy import _tpu_plausible, _tpu_target
+
+    # Only look where a TPU announces itself (settings, environment, device files): asking the
+    # resolver blindly waits on cloud metadata servers that do not answer off Google Cloud.
+    cfg = DistributeConfig(strategy="tpu", tpu=tpu)
+    if not _tpu_plausible(cfg, os.environ):
+        return None
+    target, source = _tpu_target(cfg, os.environ)
+    return TpuLocation(target, source)
