@@ -17,6 +17,7 @@ Q      ?= cordless drill
 SET    ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 PYTEST_ARGS ?=
+NOTEBOOKS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train test test-all notebooks export serve search tune evaluate bench bench-training bench-serving bench-movielens data validate clean
@@ -45,8 +46,8 @@ test: $(STAMP) ## run the default test suite (what CI runs)
 test-all: $(STAMP) ## run every test, the slow ones included
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
-notebooks: $(STAMP) ## run the four notebooks full size (notebooks/run.py); executed copies and their outputs go to runs/notebooks/
-	$(BIN)/python notebooks/run.py --out runs/notebooks
+notebooks: $(STAMP) ## run the notebooks full size (NOTEBOOKS="01_quickstart.ipynb ..." picks some); executed copies go to runs/notebooks/
+	$(BIN)/python notebooks/run.py --out runs/notebooks $(NOTEBOOKS)
 
 export: $(STAMP) ## export the models of RUN (default: the newest run) to EXPORT_DIR and check them as TF Serving would
 	@test -n "$(RUN)" || { echo "make export: no run found under runs/; run 'make train' first or pass RUN=runs/..."; exit 2; }
