@@ -108,15 +108,6 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_run(run: str) -> Path:
-    from tfrec.runs import CONFIG_FILE
-
-    path = Path(run)
-    if not (path / CONFIG_FILE).is_file():
-        raise FileNotFoundError("%s is not a tfrec run directory (no %s in it)" % (path, CONFIG_FILE))
-    return path
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's trained models as SavedModels (TF Serving layout: <dir>/<model>/<version>/) and/or check an export."""
     from tfrec import api
@@ -137,10 +128,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Write a run's report (report.html, report.md, PNG charts) from what it saved, and print its summary."""
-    from tfrec.reports.evaluation import RunIncomplete, evaluate_run
+    from tfrec import api
+    from tfrec.reports.evaluation import RunIncomplete
 
     try:
-        report = evaluate_run(_require_run(args.run))
+        report = api.evaluate(args.run)
     except RunIncomplete as err:
         raise NotAvailable(str(err)) from err
     _out(report.summary)
