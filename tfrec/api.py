@@ -110,23 +110,34 @@ def _loaded(config: Union[PathLike, LoadedConfig], overrides: Sequence[str]) -> 
     return load_config(config, overrides)
 
 
-def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = ()) -> tuple[Any, dict]:
-    """Read and validate a config's dataset (sliced by its ``data.max_*`` keys); returns (data, statistics)."""
-    data, stats, _ = _load_sliced(_loaded(config, overrides))
+def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), sliced: bool = True) -> tuple[Any, dict]:
+    """Read and validate a config's dataset (sliced by its ``data.max_*`` keys unless ``sliced=False``); returns (data, statistics)."""
+    loaded = _loaded(config, overrides)
+    if not sliced:
+        return _read(loaded)
+    data, stats, _ = _load_sliced(loaded)
     return data, stats
 
 
-def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
-    """(data, statistics, a note when sliced) of a config: what ``tfrec train`` trains on."""
+def _read(loaded: LoadedConfig) -> tuple[Any, dict]:
+    """The whole dataset of a config and its statistics (with the load time)."""
     from tfrec.data import load_data as read_data
     from tfrec.data.stats import dataset_stats
-    from tfrec.data.tables import SearchData
 
     started = time.perf_counter()
     _info("loading %s from %s ..." % (loaded.config.data.dataset, loaded.config.data.dir))
     data = read_data(loaded)
     stats = dataset_stats(data, loaded.config)
     stats["load_seconds"] = round(time.perf_counter() - started, 2)
+    return data, stats
+
+
+def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
+    """(data, statistics, a note when sliced) of a config: what ``tfrec train`` trains on."""
+    from tfrec.data.stats import dataset_stats
+    from tfrec.data.tables import SearchData
+
+    data, stats = _read(loaded)
     dc = loaded.config.data
     note = None
     if isinstance(data, SearchData) and (dc.max_train_queries or dc.max_valid_queries or dc.max_products or dc.periods > 1):
@@ -342,12 +353,7 @@ def find_tpu(tpu: str = "") -> Optional[TpuLocation]:
     import os
 
     from tfrec.config.schema import DistributeConfig
-    from tfrec.training.strategy import _tpu_plausible, _tpu_target
+    from tfrec.training.strategy import locate_tpu
 
-    # Only look where a TPU announces itself (settings, environment, device files): asking the
-    # resolver blindly waits on cloud metadata servers that do not answer off Google Cloud.
-    cfg = DistributeConfig(strategy="tpu", tpu=tpu)
-    if not _tpu_plausible(cfg, os.environ):
-        return None
-    target, source = _tpu_target(cfg, os.environ)
-    return TpuLocation(target, source)
+    found = locate_tpu(DistributeConfig(strategy="tpu", tpu=tpu), os.environ)
+    return TpuLocation(*found) if found else None

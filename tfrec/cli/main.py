@@ -11,7 +11,6 @@ from tfrec import compat  # noqa: F401  (first: sets Keras 2 mode before anythin
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -54,18 +53,6 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, args.set or [])
 
 
-def _load_and_describe(loaded) -> tuple[object, dict]:
-    from tfrec.data import load_data
-    from tfrec.data.stats import dataset_stats
-
-    started = time.perf_counter()
-    _info("loading %s from %s ..." % (loaded.config.data.dataset, loaded.config.data.dir))
-    data = load_data(loaded)
-    stats = dataset_stats(data, loaded.config)
-    stats["load_seconds"] = round(time.perf_counter() - started, 2)
-    return data, stats
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the configured models: search datasets train retrieval + ranker, evaluate, report."""
     from tfrec import api
@@ -79,10 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     """Check a configuration's data and print its statistics."""
+    from tfrec import api
     from tfrec.data.stats import format_stats
 
-    loaded = _load(args)
-    data, stats = _load_and_describe(loaded)
+    data, stats = api.load_data(_load(args), sliced=False)
     for line in format_stats(stats):
         _out(line)
     drops = data.drops.lines()

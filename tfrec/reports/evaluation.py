@@ -71,7 +71,7 @@ def read_curves(tensorboard_dir: Path) -> dict[str, dict[str, list[tuple[float, 
 
     curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for folder in sorted(p for p in Path(tensorboard_dir).iterdir() if p.is_dir()):
-        accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
+        accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
         accumulator.Reload()
         tags: dict[str, list[tuple[float, float]]] = {}
         for tag in accumulator.Tags().get("tensors", []):
@@ -82,8 +82,6 @@ def read_curves(tensorboard_dir: Path) -> dict[str, dict[str, list[tuple[float, 
                     points.append((float(event.step), float(value)))
             if points:
                 tags[tag] = sorted(points)
-        for tag in accumulator.Tags().get("scalars", []):  # logs written through tf.compat.v1 / Keras callbacks
-            tags.setdefault(tag, [(float(e.step), float(e.value)) for e in accumulator.Scalars(tag)])
         if tags:
             curves[folder.name] = tags
     return curves

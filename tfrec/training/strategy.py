@@ -13,7 +13,7 @@ import math
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 from tfrec import compat
 from tfrec.config.schema import DistributeConfig
@@ -244,6 +244,15 @@ def _tpu_target(cfg: DistributeConfig, env: Mapping[str, str]) -> tuple[str | No
         return "local", "the TPU attached to this VM (%s)" % attached[0]
     return None, "train.distribute.tpu (empty), $%s and %s (none set or present)" % (
         ", $".join(TPU_ENV_VARS), ", ".join(TPU_DEVICE_GLOBS))
+
+
+def locate_tpu(cfg: DistributeConfig, env: Mapping[str, str]) -> Optional[tuple[Optional[str], str]]:
+    """(target for TPUClusterResolver, what pointed at it) when settings, environment or device files announce a TPU, else None.
+
+    It only looks, never connects: asking the resolver blindly waits on cloud metadata servers
+    that do not answer off Google Cloud.
+    """
+    return _tpu_target(cfg, env) if _tpu_plausible(cfg, env) else None
 
 
 def _tpu_plausible(cfg: DistributeConfig, env: Mapping[str, str]) -> bool:
