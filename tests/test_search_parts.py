@@ -119,3 +119,29 @@ def test_ranker_head_scores_do_not_depend_on_padding():
     np.testing.assert_allclose(short[0], long[0, :2], rtol=1e-5, atol=1e-5)
     with pytest.raises(Exception):
         head({"query_vector": tf.zeros([1, 8])})
+
+
+def test_ranker_head_dense_fusion_adds_the_catalog_z_scored_two_tower_score():
+    from tfrec.ranking.model import LEXICAL_FEATURES, RankerHead
+    from tfrec.search.hybrid import zscore
+
+    rng = np.random.default_rng(0)
+    catalog = rng.normal(size=(500, 8)).astype(np.float32)
+    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
+    query = rng.normal(size=(3, 8)).astype(np.float32)
+    rows = rng.integers(0, len(catalog), size=(3, 5))
+    inputs = {"query_vector": query, "product_vector": catalog[rows], "query_zero": query[:, :4],
+              "product_zero": catalog[rows][..., :4], "lexical": rng.uniform(0, 3, size=(3, 5, len(LEXICAL_FEATURES))).astype(np.float32),
+              "product_id": np.full((3, 5), "", object)}
+    head = RankerHead(seed=1)
+    mlp = head(inputs).numpy()
+    np.testing.assert_array_equal(head.mlp_score(inputs).numpy(), mlp)  # weight 0, scale 1 until set
+    head.set_dense_fusion(catalog, 0.5, 2.0)
+    # The same z-score as the hybrid retrieval's dense component, without scoring the catalog.
+    z = np.take_along_axis(zscore(tf.constant(query @ catalog.T)).numpy(), rows, axis=1)
+    np.testing.assert_allclose(head.dense_z(inputs).numpy(), z, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(head(inputs).numpy(), mlp / 2.0 + 0.5 * z, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="dimensions"):
+        head.set_dense_fusion(catalog[:, :4], 0.5, 2.0)
+    with pytest.raises(ValueError, match="score_scale"):
+        head.set_dense_fusion(catalog, 0.5, 0.0)

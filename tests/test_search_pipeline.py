@@ -52,6 +52,26 @@ def test_metrics_cover_every_view_with_seen_cold_split(run_dir):
     assert metrics["halves"]["tune"]["n_queries"] + metrics["halves"]["holdout"]["n_queries"] == metrics["n_queries"]["e2e"]
 
 
+def test_ranker_dense_fusion_is_chosen_on_the_tuning_half_and_restored(run_dir):
+    from tfrec.search.export import load_search_models
+    from tfrec.search.pipeline import DENSE_WEIGHT_GRID
+
+    ranker = json.loads((run_dir / "metrics.json").read_text())["training"]["ranker"]
+    fusion = ranker["dense_fusion"]
+    trials = fusion["trials"]
+    assert [t["weight"] for t in trials] == list(DENSE_WEIGHT_GRID)
+    best = max(t["tune_half_e2e_ndcg@10"] for t in trials)
+    assert fusion["weight"] == next(t["weight"] for t in trials if t["tune_half_e2e_ndcg@10"] == best)
+    # Each candidate loss was tried with its own weight, and the kept one is the best of them.
+    kept = max(ranker["loss_selection"], key=lambda t: t["tune_half_e2e_ndcg@10"])
+    assert (kept["loss"], kept["dense_weight"]) == (ranker["loss"], fusion["weight"])
+    # The export rebuilds the head with the same fusion (weights file), so it scores like the evaluation.
+    models = load_search_models(run_dir)
+    assert float(models.head.dense_weight.numpy()) == pytest.approx(fusion["weight"])
+    assert float(models.head.score_scale.numpy()) == pytest.approx(fusion["score_scale"], rel=1e-4)
+    np.testing.assert_allclose(models.head.catalog_stats.mean.numpy(), models.catalog_dense.mean(axis=0), atol=1e-5)
+
+
 def test_per_query_metrics_saved_for_paired_comparisons(run_dir):
     saved = np.load(run_dir / "per_query.npz")
     n = json.loads((run_dir / "metrics.json").read_text())["n_queries"]["e2e"]

@@ -340,6 +340,11 @@ class RankingConfig:
     # tracks "was judged" and the ranker could learn the leakage trap instead of relevance.
     product_id: bool = False
     id_dropout: float = _bounded(0.5, min=0.0, max=1.0)
+    # The final score adds this weight times the two-tower score z-scored over the catalog (the
+    # dense part of the hybrid retrieval score) to the ranker's score scaled to unit deviation.
+    # null: chosen per loss on the tuning half of valid (evaluation.tune_fraction) from 0-1. On
+    # Home Depot the head alone underuses the fine-tuned two-tower score (README, search section).
+    dense_weight: Optional[float] = _bounded(None, min=0.0)
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
 
 

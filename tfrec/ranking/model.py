@@ -7,6 +7,12 @@ embedding (training products only; unseen ids get exact zeros and ``id_dropout``
 path). Optional DCN-v2 cross layers model feature interactions explicitly. Trained listwise with
 TF-Ranking losses on padded lists (label -1 = padding, masked by the losses and metrics).
 
+The final score adds ``dense_weight`` times the two-tower score z-scored over the whole catalog
+(the dense component of the hybrid retrieval score) to the MLP's score divided by ``score_scale``.
+Both are set after training (:meth:`RankerHead.set_dense_fusion`; 0 and 1 leave the MLP's score
+as it is). The catalog's mean vector and covariance give each query's mean and standard
+deviation over the catalog without scoring it, so the score stays a function of one item.
+
 The head works on precomputed vectors, so training and evaluation never re-run BERT; the
 export (tfrec.search.export) wraps it with the in-graph encoders and lexical scorer so the
 SavedModel takes raw strings.
@@ -14,6 +20,8 @@ SavedModel takes raw strings.
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from tfrec import compat
 from tfrec.text.fusion import FeatureFusion
@@ -29,6 +37,39 @@ LEXICAL_FEATURES = ("bm25", "matched_fraction", "idf_matched_fraction", "query_t
 def log_lexical(values: Any) -> tf.Tensor:
     """log1p of the lexical features: BM25 and term counts are heavy-tailed."""
     return tf.math.log1p(tf.maximum(tf.cast(values, tf.float32), 0.0))
+
+
+class CatalogZScore(tf.keras.layers.Layer):
+    """A query's score mean and standard deviation over a catalog, from the catalog's mean and covariance.
+
+    For q . p over catalog vectors p: mean = q . mu, variance = q^T C q, the same numbers as scoring
+    every product and taking moments, at the cost of one [D, D] product per query.
+    """
+
+    def build(self, input_shape: Any) -> None:
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(name="catalog_mean", shape=[dim], initializer="zeros", trainable=False)
+        self.covariance = self.add_weight(name="catalog_covariance", shape=[dim, dim], initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def set_catalog(self, vectors: Any) -> None:
+        """Store the mean and (population) covariance of catalog vectors [N, D], computed in float64."""
+        x = np.asarray(vectors, np.float64)
+        if x.ndim != 2 or not len(x):
+            raise ValueError("catalog vectors must be a non-empty [N, D] array, got shape %s" % (x.shape,))
+        if not self.built:
+            self.build(tf.TensorShape([None, x.shape[1]]))
+        if x.shape[1] != self.mean.shape[0]:
+            raise ValueError("catalog vectors have %d dimensions but the ranker's query vectors have %d" % (x.shape[1], self.mean.shape[0]))
+        mean = x.mean(axis=0)
+        self.mean.assign(mean.astype(np.float32))
+        self.covariance.assign(((x.T @ x) / len(x) - np.outer(mean, mean)).astype(np.float32))
+
+    def call(self, query: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """(mean [B, 1], standard deviation [B, 1]) of each query's scores over the catalog."""
+        mean = tf.reduce_sum(query * self.mean, axis=-1, keepdims=True)
+        variance = tf.reduce_sum(tf.matmul(query, self.covariance) * query, axis=-1, keepdims=True)
+        return mean, tf.sqrt(tf.maximum(variance, 0.0))
 
 
 class RankerHead(tf.keras.Model):
@@ -71,6 +112,37 @@ class RankerHead(tf.keras.Model):
         self.hidden = [tf.keras.layers.Dense(u, activation="relu", name="hidden_%d" % i) for i, u in enumerate(hidden_units)]
         self.dropouts = [tf.keras.layers.Dropout(dropout, seed=seed) for _ in hidden_units]
         self.out = tf.keras.layers.Dense(1, name="score")
+        self.catalog_stats = CatalogZScore(name="catalog_stats")
+        self.dense_weight = self.add_weight(name="dense_weight", shape=[], initializer="zeros", trainable=False)
+        self.score_scale = self.add_weight(name="score_scale", shape=[], initializer="ones", trainable=False)
+
+    def set_dense_fusion(self, catalog_vectors: Any, weight: float, scale: float) -> None:
+        """Final score = MLP score / ``scale`` + ``weight`` * the two-tower score z-scored over ``catalog_vectors``."""
+        if not scale > 0:
+            raise ValueError("score_scale must be > 0, got %r" % (scale,))
+        self.catalog_stats.set_catalog(catalog_vectors)
+        self.dense_weight.assign(float(weight))
+        self.score_scale.assign(float(scale))
+
+    def mlp_score(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        """The MLP's scores [B, L] alone (what the listwise losses train)."""
+        x = self.item_features(inputs, training=training)
+        shape = tf.shape(x)
+        x = tf.reshape(x, [-1, x.shape[-1]])
+        x0 = x
+        for layer in self.cross:
+            x = layer(x0, x)
+        for dense, drop in zip(self.hidden, self.dropouts):
+            x = drop(dense(x), training=training)
+        return tf.reshape(self.out(x), shape[:2])
+
+    def dense_z(self, inputs: dict) -> tf.Tensor:
+        """The two-tower score of each item z-scored over the catalog [B, L] (zeros before set_dense_fusion)."""
+        q = inputs["query_vector"]
+        mean, std = self.catalog_stats(q)
+        cos = tf.reduce_sum(q[:, None, :] * inputs["product_vector"], axis=-1)
+        # The hybrid's zscore() adds the same 1e-6; a zero std (no catalog set yet) gives zeros.
+        return tf.where(std > 0, (cos - mean) / (std + 1e-6), tf.zeros_like(cos))
 
     def adapt_lexical(self, lexical_items: Any) -> None:
         """Set the lexical feature normalization from the real items [n, F] of the training lists."""
@@ -99,12 +171,4 @@ class RankerHead(tf.keras.Model):
 
     def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
         """Scores [B, L] of every list item (padding items get a score too; losses mask them)."""
-        x = self.item_features(inputs, training=training)
-        shape = tf.shape(x)
-        x = tf.reshape(x, [-1, x.shape[-1]])
-        x0 = x
-        for layer in self.cross:
-            x = layer(x0, x)
-        for dense, drop in zip(self.hidden, self.dropouts):
-            x = drop(dense(x), training=training)
-        return tf.reshape(self.out(x), shape[:2])
+        return self.mlp_score(inputs, training=training) / self.score_scale + self.dense_weight * self.dense_z(inputs)

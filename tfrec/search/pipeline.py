@@ -35,6 +35,8 @@ tf = compat.tensorflow()
 
 LEXICAL_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 ZERO_SHOT_GRID = (0.0, 0.25)
+# Weights of the catalog-z-scored two-tower score added to the ranker's (scaled) score.
+DENSE_WEIGHT_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 # Quality targets, as the search issue defines them: per view, the strongest of these baselines
 # (measured in the same run) plus a margin. The z-scored hybrid baseline counts for the end-to-end
 # view only; the other views compare with the single-signal baselines (it is still reported).
@@ -450,28 +452,55 @@ class SearchTrainer:
         )
 
     def _select_head(self, inputs: dict, lists: CandidateLists, retrieval_train: Judgments, candidate_inputs: dict) -> tuple[Any, dict]:
-        """Train one head per candidate loss; keep the best end-to-end NDCG@10 on the tuning half of valid."""
+        """Train one head per candidate loss, each with its dense fusion weight; keep the best on the tuning half of valid."""
         rc = self.cfg.ranking
-        losses = list(dict.fromkeys([rc.loss, *rc.candidate_losses]))
-        tune = self.tune_mask
-        if len(losses) == 1 or not tune.any():
-            return self._train_head(inputs, lists, retrieval_train, rc.loss)
-        es = subset_eval_set(self.valid_es, tune)
-        top_k = self.cfg.retrieval.top_k
+        losses = list(dict.fromkeys([rc.loss, *rc.candidate_losses])) if self.tune_mask.any() else [rc.loss]
         tried, best = [], None
         for loss in losses:
             head, info = self._train_head(inputs, lists, retrieval_train, loss)
-            scores = head.predict({k: v[tune] for k, v in candidate_inputs.items()}, batch_size=256, verbose=0)
-            value = ev.end_to_end_ndcg(es, rank_candidates(self.valid_top[tune, :top_k], scores), 10)[0]
-            tried.append({"loss": loss, "tune_half_e2e_ndcg@10": round(value, 4)})
-            log("ranker with %s loss: end-to-end NDCG@10 %.4f on the tuning half" % (loss, value))
-            if best is None or value > best[0]:
-                best = (value, head, info)
+            info["dense_fusion"] = fusion = self._fuse_dense(head, inputs, lists, candidate_inputs)
+            value = fusion["tune_half_e2e_ndcg@10"]
+            tried.append({"loss": loss, "dense_weight": fusion["weight"], "tune_half_e2e_ndcg@10": value})
+            if value is not None:
+                log("ranker with %s loss: end-to-end NDCG@10 %.4f on the tuning half (dense weight %g)" % (loss, value, fusion["weight"]))
+            if best is None or (value is not None and value > best[0]):
+                best = (value if value is not None else -np.inf, head, info)
         _, head, info = best
         head.save_weights(str(self.run_dir / "ranker" / "weights"))
-        info["loss_selection"] = tried
-        log("ranker loss kept: %s" % info["loss"])
+        if len(losses) > 1:
+            info["loss_selection"] = tried
+            log("ranker loss kept: %s" % info["loss"])
         return head, info
+
+    def _fuse_dense(self, head: Any, inputs: dict, lists: CandidateLists, candidate_inputs: dict) -> dict:
+        """Set the head's dense fusion: the weight of the catalog-z-scored two-tower score (chosen on the tuning half).
+
+        The MLP's score is first divided by its standard deviation over the real training items, so
+        the weight means the same whatever the loss's score scale.
+        """
+        rc = self.cfg.ranking
+        train_scores = head.predict(inputs, batch_size=256, verbose=0)[lists.mask]
+        scale = float(np.std(train_scores)) or 1.0
+        head.set_dense_fusion(self.catalog_dense, 0.0, scale)
+        tune = self.tune_mask
+        grid = DENSE_WEIGHT_GRID if rc.dense_weight is None else (rc.dense_weight,)
+        if not tune.any():
+            weight = rc.dense_weight or 0.0
+            head.set_dense_fusion(self.catalog_dense, weight, scale)
+            return {"weight": weight, "score_scale": scale, "trials": [], "tune_half_e2e_ndcg@10": None}
+        es = subset_eval_set(self.valid_es, tune)
+        part = {k: v[tune] for k, v in candidate_inputs.items()}
+        mlp = head.predict(part, batch_size=256, verbose=0)  # already divided by the scale
+        z = np.concatenate([head.dense_z(batch).numpy() for batch in tf.data.Dataset.from_tensor_slices(part).batch(256)])
+        top = self.valid_top[tune, : self.cfg.retrieval.top_k]
+        trials = []
+        for weight in grid:
+            value = ev.end_to_end_ndcg(es, rank_candidates(top, mlp + weight * z), 10)[0]
+            trials.append({"weight": float(weight), "tune_half_e2e_ndcg@10": round(float(value), 4)})
+        chosen = max(trials, key=lambda t: t["tune_half_e2e_ndcg@10"])  # first of equals: the smaller weight
+        head.set_dense_fusion(self.catalog_dense, chosen["weight"], scale)
+        return {"weight": chosen["weight"], "score_scale": round(scale, 6), "trials": trials,
+                "tune_half_e2e_ndcg@10": chosen["tune_half_e2e_ndcg@10"]}
 
     def _train_head(self, inputs: dict, lists: CandidateLists, retrieval_train: Judgments, loss: str) -> tuple[Any, dict]:
         from tfrec.ranking.losses import ranking_loss
@@ -599,7 +628,9 @@ class SearchTrainer:
             "Seen/cold: a product is 'seen' if any training judgment names it; cold products take the text path "
             "(their id embedding is exactly zero). Compare the seen and cold columns: a model that used "
             "'unseen in training' as a signal would show it there.",
-            "The ranker trained on %d held-out training queries (not used by the two towers)." % ranker_info["lists"],
+            "The ranker trained on %d held-out training queries (not used by the two towers). Its loss (%s) and the "
+            "weight of the catalog-z-scored two-tower score added to its score (%g) were chosen on the same tuning half."
+            % (ranker_info["lists"], ranker_info["loss"], ranker_info["dense_fusion"]["weight"]),
         ]
         return {
             "dataset": self.data.name, "split": "valid", "run_name": self.cfg.run.name,
