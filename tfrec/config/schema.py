@@ -315,8 +315,9 @@ class RankingConfig:
     # Judged products per training list (Home Depot queries have at most 16).
     list_size: int = _bounded(16, min=2)
     # Unjudged retrieved candidates added to each training list with the lowest label, so the ranker
-    # learns to order what retrieval returns, not only the judged products.
-    negatives: int = _bounded(16, min=0)
+    # learns to order what retrieval returns, not only the judged products. 100: every unjudged
+    # product of a top-100 (on Home Depot valid, +0.004 end-to-end NDCG@10 over 16).
+    negatives: int = _bounded(100, min=0)
     # Share of training queries held out of retrieval training: the ranker trains on them, where the
     # two-tower scores are as (un)sure as on new queries.
     holdout_fraction: float = _bounded(0.25, min=0.0, max=0.9)
