@@ -306,6 +306,9 @@ class CrossEncoderConfig:
     learning_rate: float = _bounded(3e-5, min=0.0, exclusive_min=True)
     # 0: every training list; N: a seeded sample (CPU budgets).
     max_lists: int = _bounded(0, min=0)
+    # Unjudged retrieved candidates per training list (each one is a BERT pass; the feature ranker
+    # takes ranking.negatives).
+    negatives: int = _bounded(16, min=0)
 
 
 @dataclass

@@ -487,7 +487,7 @@ class SearchTrainer:
         if not tune.any():
             weight = rc.dense_weight or 0.0
             head.set_dense_fusion(self.catalog_dense, weight, scale)
-            return {"weight": weight, "score_scale": scale, "trials": [], "tune_half_e2e_ndcg@10": None}
+            return {"weight": weight, "score_scale": round(scale, 6), "trials": [], "tune_half_e2e_ndcg@10": None}
         es = subset_eval_set(self.valid_es, tune)
         part = {k: v[tune] for k, v in candidate_inputs.items()}
         mlp = head.predict(part, batch_size=256, verbose=0)  # already divided by the scale
@@ -552,7 +552,7 @@ class SearchTrainer:
         from tfrec.text.model_files import resolve_model_files
 
         ce = self.cfg.ranking.cross_encoder
-        lists = training_lists(ranker_es, ranker_candidates, list_size=self.cfg.ranking.list_size, negatives=self.cfg.ranking.negatives, seed=self.cfg.run.seed)
+        lists = training_lists(ranker_es, ranker_candidates, list_size=self.cfg.ranking.list_size, negatives=ce.negatives, seed=self.cfg.run.seed)
         if ce.max_lists and len(lists.rows) > ce.max_lists:
             keep = np.random.default_rng(self.cfg.run.seed).permutation(len(lists.rows))[: ce.max_lists]
             lists = CandidateLists(lists.query_index[keep], lists.rows[keep], lists.labels[keep])
