@@ -461,10 +461,10 @@ class SearchTrainer:
             info["dense_fusion"] = fusion = self._fuse_dense(head, inputs, lists, candidate_inputs)
             value = fusion["tune_half_e2e_ndcg@10"]
             tried.append({"loss": loss, "dense_weight": fusion["weight"], "tune_half_e2e_ndcg@10": value})
-            if value is not None:
+            if value is not None:  # None only without a tuning half, where a single loss is trained
                 log("ranker with %s loss: end-to-end NDCG@10 %.4f on the tuning half (dense weight %g)" % (loss, value, fusion["weight"]))
-            if best is None or (value is not None and value > best[0]):
-                best = (value if value is not None else -np.inf, head, info)
+            if best is None or value > best[0]:
+                best = (value, head, info)
         _, head, info = best
         head.save_weights(str(self.run_dir / "ranker" / "weights"))
         if len(losses) > 1:
@@ -481,13 +481,13 @@ class SearchTrainer:
         rc = self.cfg.ranking
         train_scores = head.predict(inputs, batch_size=256, verbose=0)[lists.mask]
         scale = float(np.std(train_scores)) or 1.0
-        head.set_dense_fusion(self.catalog_dense, 0.0, scale)
         tune = self.tune_mask
-        grid = DENSE_WEIGHT_GRID if rc.dense_weight is None else (rc.dense_weight,)
         if not tune.any():
             weight = rc.dense_weight or 0.0
             head.set_dense_fusion(self.catalog_dense, weight, scale)
             return {"weight": weight, "score_scale": round(scale, 6), "trials": [], "tune_half_e2e_ndcg@10": None}
+        head.set_dense_fusion(self.catalog_dense, 0.0, scale)
+        grid = DENSE_WEIGHT_GRID if rc.dense_weight is None else (rc.dense_weight,)
         es = subset_eval_set(self.valid_es, tune)
         part = {k: v[tune] for k, v in candidate_inputs.items()}
         mlp = head.predict(part, batch_size=256, verbose=0)  # already divided by the scale
