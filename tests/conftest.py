@@ -12,6 +12,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_embedding_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the whole test session, never the user's own ~/.cache/tfrec.
+
+    Tests that leave text.cache_dir unset share it (a catalog is encoded once per session); child
+    processes inherit it through the environment. A TFREC_CACHE_DIR set before pytest starts is kept.
+    """
+    import os
+
+    from tfrec.text.cache import CACHE_ENV
+
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = tmp_path_factory.mktemp("tfrec-cache")
+    os.environ[CACHE_ENV] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The shared datasets folder; tests that need it skip with a reason if it is absent."""

@@ -162,7 +162,7 @@ ANCHORS = {
 
 @pytest.mark.slow
 def test_full_valid_evaluation_matches_the_anchors(shared_datasets, in_repo):
-    """The whole valid split (MiniLM catalog cached under runs/.embedding-cache) lands within 0.01 of the anchors."""
+    """The whole valid split (MiniLM catalog cached in the embedding cache, see text.cache_dir) lands within 0.01 of the anchors."""
     loaded = load_config("configs/default.yaml", [])
     data = load_data(loaded)
     result = evaluate_search_baselines(data.catalog.text(), data.train, data.valid, loaded.config.text, progress=False)

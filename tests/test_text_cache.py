@@ -307,3 +307,23 @@ def test_a_tf_keras_model_as_the_encoder(tmp_path):
     cache = EmbeddingCache(tmp_path)
     np.testing.assert_array_equal(cache.encode_catalog(titles, encode, key, progress=False), vectors)
     assert calls == [] and cache.stats.summary() == "encoded 0 new texts, 130 from cache"
+
+
+def test_default_cache_folder_is_the_users_cache_never_the_working_directory(tmp_path, monkeypatch):
+    from tfrec.config import Config
+    from tfrec.text.cache import CACHE_ENV, default_cache_dir, resolve_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "tfrec" / "embeddings"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid per the XDG spec: ignored
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "tfrec" / "embeddings"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "tfrec" / "embeddings"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "tfrec-cache"))
+    assert default_cache_dir() == tmp_path / "tfrec-cache" / "embeddings"
+
+    assert Config().text.cache_dir is None
+    assert resolve_cache_dir(None) == resolve_cache_dir("") == EmbeddingCache().cache_dir == default_cache_dir()
+    assert resolve_cache_dir("my/cache") == Path("my/cache")  # a configured folder is used as given

@@ -160,3 +160,20 @@ def test_another_models_checkpoints_are_refused_with_a_clear_error(tmp_path):
     trainer(tmp_path).fit(build_ranker, ranker_dataset, 1)
     with pytest.raises(CheckpointError, match=r"ckpt-7 does not fit the model being trained"):
         trainer(tmp_path).fit(build_two_tower, pair_dataset, 1)
+
+
+def test_set_aside_moves_a_runs_checkpoints_into_a_dated_folder_and_never_overwrites(tmp_path):
+    from datetime import datetime, timezone
+
+    from tfrec.training.checkpoints import set_aside_checkpoints
+
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert set_aside_checkpoints(tmp_path, now) is None  # nothing to move
+    moved = []
+    for text in ("first", "second"):
+        (tmp_path / "checkpoints" / "retrieval").mkdir(parents=True)
+        (tmp_path / "checkpoints" / "retrieval" / "ckpt-1.index").write_text(text)
+        moved.append(set_aside_checkpoints(tmp_path, now))
+    assert [p.name for p in moved] == ["checkpoints-set-aside-20240501-120000", "checkpoints-set-aside-20240501-120000-1"]
+    assert [(p / "retrieval" / "ckpt-1.index").read_text() for p in moved] == ["first", "second"]
+    assert not (tmp_path / "checkpoints").exists()

@@ -45,8 +45,11 @@ def open_run_dir(loaded: LoadedConfig, path: Path) -> Path:
         before, now = _flat(config_to_dict(load_config(saved, []).config)), _flat(config_to_dict(loaded.config))
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if changed:
+            # Starting over is not a config change: say how to do it rather than just refusing.
+            restart = (" (to start its training over, keep its config and add --restart)"
+                       if "train.checkpoint.resume" in changed else "")
             raise ValueError("%s was started with another config (differs in %s): resume with the same config and --set "
-                             "overrides, or pick a new --run-dir" % (path, ", ".join(changed[:8])))
+                             "overrides, or pick a new --run-dir%s" % (path, ", ".join(changed[:8]), restart))
         return path
     path.mkdir(parents=True, exist_ok=True)
     save_config(loaded, saved)

@@ -234,7 +234,9 @@ def evaluate_search_baselines(
     bm25 = {"bm25": Bm25Baseline(titles, stem=False), "bm25_stemmed": Bm25Baseline(titles, stem=True)}
     timings["bm25_index"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    _log(progress, "MiniLM catalog vectors (cache: %s) and %d query vectors" % (text_cfg.cache_dir, es.n_queries))
+    from tfrec.text.cache import resolve_cache_dir
+
+    _log(progress, "MiniLM catalog vectors (cache: %s) and %d query vectors" % (resolve_cache_dir(text_cfg.cache_dir), es.n_queries))
     if minilm is None:
         minilm = MiniLMBaseline(titles, text_cfg, progress=progress)
     elif minilm.n_catalog != n_catalog:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tfrec import compat  # noqa: F401  (first: sets Keras 2 mode before anything imports TensorFlow)
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -57,11 +58,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the configured models: search datasets train retrieval + ranker, evaluate, report."""
     from tfrec import api
 
+    if args.restart and not args.run_dir:
+        raise UsageError("--restart needs --run-dir DIR, the run folder whose training starts over")
     try:
-        api.train(_load(args), run_dir=args.run_dir, warm_start=args.warm_start)  # prints the stats and `run_dir: ...`
+        api.train(_load(args), run_dir=args.run_dir, warm_start=args.warm_start, restart=args.restart)  # prints the stats and `run_dir: ...`
     except api.UnsupportedError as err:
         raise UsageError(str(err)) from err
+    except RuntimeError as err:
+        # Loaded by now if it was raised; looked up, not imported, so a plain `tfrec --help` never imports TensorFlow.
+        checkpoints = sys.modules.get("tfrec.training.checkpoints")
+        if checkpoints is None or not isinstance(err, checkpoints.CheckpointError):
+            raise
+        raise CommandError(_checkpoint_advice(err, args)) from err
     return 0
+
+
+def _checkpoint_advice(err: RuntimeError, args: argparse.Namespace) -> str:
+    """The checkpoint problem and, for a --run-dir run, the command that starts its training over."""
+    import shlex
+
+    problem = getattr(err, "problem", None) or str(err)  # without the Python API's resume=False hint
+    if not args.run_dir:
+        return problem
+    command = ["tfrec", "train", "--config", args.config]
+    for item in args.set or []:
+        command += ["--set", item]
+    command += ["--run-dir", args.run_dir, "--restart"]
+    return "%s. To start this run's training over, run: %s (it moves the run's checkpoints into %s, nothing is deleted)" % (
+        problem, shlex.join(command), os.path.join(args.run_dir, "checkpoints-set-aside-<UTC time>"))
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
@@ -185,6 +209,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_config_file=args.model_config_file, poll_seconds=args.poll_seconds,
         max_request_bytes=args.max_request_bytes, max_batch_size=args.max_batch_size,
         max_string_bytes=args.max_string_bytes, workers=args.workers,
+        max_concurrent_executions=args.max_concurrent_executions, max_queued_requests=args.max_queued_requests,
+        rest_workers=args.rest_workers, rest_timeout_seconds=args.rest_timeout_seconds,
     )
     _info("loading the models of %s (development server; production uses TensorFlow Serving, see serving/) ..." % args.export_dir)
     server.start()
@@ -315,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help="write into DIR instead of a new timestamped folder; an interrupted run in DIR resumes from its checkpoints")
+    p.add_argument("--restart", action="store_true",
+                   help="with --run-dir: start DIR's training over instead of resuming (its checkpoints are moved into "
+                        "DIR/checkpoints-set-aside-<UTC time>/, not deleted)")
     p.add_argument("--warm-start", default=None, metavar="RUN_DIR",
                    help="start from a previous search run's two towers (ids grown, train.continual.replay_fraction of its data "
                         "replayed) and report metrics on its valid queries too")
@@ -344,9 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config-file", default=None, metavar="FILE", help="a TF Serving models.config (default: every model in DIR)")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=1024, help="largest batch a request may carry (default: %(default)s)")
-    p.add_argument("--max-request-bytes", type=int, default=4 << 20, help="largest request in bytes (default: %(default)s)")
+    p.add_argument("--max-request-bytes", type=int, default=4 << 20,
+                   help="largest request in bytes, and most string bytes a request may carry once decoded (default: %(default)s)")
     p.add_argument("--max-string-bytes", type=int, default=64 << 10, help="longest string in a request (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=64,
+                   help="gRPC worker threads, also the most gRPC calls in progress (default: %(default)s)")
+    p.add_argument("--max-concurrent-executions", type=int, default=4, metavar="N",
+                   help="requests each model runs at a time (default: %(default)s)")
+    p.add_argument("--max-queued-requests", type=int, default=32, metavar="N",
+                   help="requests each model queues beyond those; more get RESOURCE_EXHAUSTED / 429 (default: %(default)s)")
+    p.add_argument("--rest-workers", type=int, default=32, help="REST worker threads (default: %(default)s)")
+    p.add_argument("--rest-timeout-seconds", type=float, default=10.0, metavar="S",
+                   help="close REST connections idle this long or this slow to send a request (default: %(default)s)")
     for name, func, help_text in (
         ("search", cmd_search, "search over served models: retrieve, look up titles, re-rank"),
         ("recommend", cmd_recommend, "recommend over served models: --history or --similar"),

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from tfrec import compat
+from tfrec.config.quoting import quote_value, shorten
 from tfrec.config.schema import BUILTIN_DATASETS, Config
+from tfrec.config.yaml_bounded import YAMLTooLarge, load_yaml
 from tfrec.version import __version__
 
 DEFAULTS = "defaults"
@@ -27,8 +29,9 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or impossible; says key and source."""
 
     def __init__(self, source: str, key: str, message: str):
-        self.source, self.key = source, key
-        super().__init__("%s: %s: %s" % (source, key, message) if key else "%s: %s" % (source, message))
+        # Sources (a whole --set argument) and keys come from the user and may be any length.
+        self.source, self.key = shorten(source), shorten(key)
+        super().__init__("%s: %s: %s" % (self.source, self.key, message) if key else "%s: %s" % (self.source, message))
 
 
 @dataclasses.dataclass
@@ -48,12 +51,14 @@ def _read_yaml(path: Path) -> dict:
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), "", "not UTF-8 text (%s)" % err.reason) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except YAMLTooLarge as err:
+        raise ConfigError(str(path), "", str(err)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(str(path), "", "invalid YAML%s: %s" % (where, problem)) from None
+        raise ConfigError(str(path), "", "invalid YAML%s: %s" % (where, shorten(problem))) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -73,7 +78,7 @@ def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[_Layer]:
     layers: list[_Layer] = []
     if base is not None:
         if not isinstance(base, str):
-            raise ConfigError(str(path), "extends", "expected a file path, got %r" % (base,))
+            raise ConfigError(str(path), "extends", "expected a file path, got %s" % quote_value(base))
         layers = _file_layers(path.parent / base, (*seen, resolved))
     layers.append(_Layer(str(path), data))
     return layers
@@ -87,7 +92,9 @@ def _override_layer(override: str) -> _Layer:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(source, "", "expected KEY=VALUE with a dotted key, e.g. train.batch_size=64")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except YAMLTooLarge as err:
+        raise ConfigError(source, "", str(err)) from None
     except yaml.YAMLError:
         value = raw  # not YAML: keep the text; the type check decides
     nested: Any = value
@@ -153,7 +160,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, sources: Mapping[str, str]) -> Any:
     def fail() -> ConfigError:
-        return ConfigError(_source_of(sources, key), key, "expected %s, got %r" % (_type_name(tp), value))
+        return ConfigError(_source_of(sources, key), key, "expected %s, got %s" % (_type_name(tp), quote_value(value)))
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -198,9 +205,9 @@ def _check_bounds(value: Any, meta: Mapping, key: str, sources: Mapping[str, str
     low, high = meta.get("min"), meta.get("max")
     if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
         rel = ">" if meta.get("exclusive_min") else ">="
-        raise ConfigError(_source_of(sources, key), key, "must be %s %s, got %r" % (rel, low, value))
+        raise ConfigError(_source_of(sources, key), key, "must be %s %s, got %s" % (rel, low, quote_value(value)))
     if high is not None and value > high:
-        raise ConfigError(_source_of(sources, key), key, "must be <= %s, got %r" % (high, value))
+        raise ConfigError(_source_of(sources, key), key, "must be <= %s, got %s" % (high, quote_value(value)))
 
 
 def _yaml_text(value: Any) -> str:
@@ -289,7 +296,7 @@ def _resolve_data_dir(loaded: LoadedConfig) -> None:
         data.dir = str(folder.resolve())
         return
     if data.dataset not in BUILTIN_DATASETS:
-        raise loaded.error("data.dir", "is required for dataset %r" % data.dataset)
+        raise loaded.error("data.dir", "is required for dataset %s" % quote_value(data.dataset))
     candidates = data_dir_candidates(data.dataset)
     for label, folder in candidates:
         if folder.is_dir():
@@ -299,8 +306,8 @@ def _resolve_data_dir(loaded: LoadedConfig) -> None:
     looked = ", ".join("%s" % folder for _, folder in candidates)
     raise loaded.error(
         "data.dir",
-        "dataset %r not found; looked in %s. Set $TFREC_DATA_DIR or data.dir, or see `tfrec data download --help`"
-        % (data.dataset, looked),
+        "dataset %s not found; looked in %s. Set $TFREC_DATA_DIR or data.dir, or see `tfrec data download --help`"
+        % (quote_value(data.dataset), looked),
     )
 
 

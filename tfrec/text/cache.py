@@ -6,7 +6,9 @@ settings (see :func:`encoder_fingerprint`). Vectors are keyed per text by
 ``sha256(encoder_key + "\\0" + text)``; a different ``encoder_key`` lands in a different shard,
 so changing the model or a tokenizer setting never reuses stale vectors.
 
-A shard is a folder ``<cache_dir>/<sha256(encoder_key)[:24]>/`` holding::
+Where: ``text.cache_dir`` when a config sets it, else :func:`default_cache_dir` (the user's cache
+folder, never the working directory). A shard is a folder ``<cache_dir>/<sha256(encoder_key)[:24]>/``
+holding::
 
     manifest.json          the commit point: generation, count, dim, dtype, sha256 and size of both files
     vectors-<gen>.npy      float32 [count, dim]
@@ -51,6 +53,26 @@ _SMALL_FILE_BYTES = 1 << 20
 # Unreferenced shard files older than this are leftovers of killed runs; younger ones may belong
 # to a concurrent writer that has not committed its manifest yet.
 _STALE_SECONDS = 3600.0
+# Names tfrec's cache root (embeddings go in its `embeddings` folder), in place of $XDG_CACHE_HOME/tfrec.
+CACHE_ENV = "TFREC_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """The embedding cache when no folder is configured: $TFREC_CACHE_DIR/embeddings, else $XDG_CACHE_HOME/tfrec/embeddings, else ~/.cache/tfrec/embeddings."""
+    root = os.environ.get(CACHE_ENV, "").strip()
+    if root:
+        return Path(root).expanduser() / "embeddings"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    # The XDG spec says a relative $XDG_CACHE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "tfrec" / "embeddings"
+
+
+def resolve_cache_dir(cache_dir: Union[str, os.PathLike, None]) -> Path:
+    """The folder an EmbeddingCache uses: ``cache_dir`` as given (``~`` expanded), or the default when it is None or empty."""
+    if cache_dir is None or not str(cache_dir).strip():
+        return default_cache_dir()
+    return Path(cache_dir).expanduser()
 
 
 class EmbeddingCacheWarning(UserWarning):
@@ -148,10 +170,10 @@ class _CorruptShard(Exception):
 
 
 class EmbeddingCache:
-    """Catalog text embeddings cached on disk under ``cache_dir``, one shard per encoder_key."""
+    """Catalog text embeddings cached on disk under ``cache_dir`` (None: :func:`default_cache_dir`), one shard per encoder_key."""
 
-    def __init__(self, cache_dir: Union[str, os.PathLike]) -> None:
-        self.cache_dir = Path(cache_dir)
+    def __init__(self, cache_dir: Union[str, os.PathLike, None] = None) -> None:
+        self.cache_dir = resolve_cache_dir(cache_dir)
         # Counts of the latest encode_catalog call; CacheStats() before the first one.
         self.stats = CacheStats()
         self._shards: dict[str, _Shard] = {}

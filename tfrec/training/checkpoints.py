@@ -5,6 +5,8 @@ tensor's CRC32C on read), so a truncated ``.data`` file or a garbage ``.index`` 
 anything is restored. Unreadable checkpoints are reported (file and error), moved into
 ``corrupt/`` once an older good one is found (so they never shadow the newer checkpoints that
 follow); when none is readable, :class:`CheckpointError` names the directory and nothing moves.
+:func:`set_aside_checkpoints` moves a run's whole checkpoint folder into a dated folder beside it,
+so the run starts its training over without deleting anything (``tfrec train --restart``).
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import logging
 import os
 import re
 import shutil
-from typing import Any, Optional
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Union
 
 from tfrec import compat
 
@@ -24,10 +28,22 @@ log = logging.getLogger(__name__)
 PREFIX = "ckpt"
 QUARANTINE = "corrupt"
 _INDEX = re.compile(r"^%s-(\d+)\.index$" % PREFIX)
+SET_ASIDE = "checkpoints-set-aside"  # <run>/checkpoints-set-aside-<UTC time>: a run's checkpoints after --restart
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint of a directory can be restored (all unreadable, or they do not fit the model)."""
+    """No checkpoint of a directory can be restored (all unreadable, or they do not fit the model).
+
+    ``problem`` says what is wrong and ``directory`` where; the message adds ``hint``, how to go on
+    through the Python API (the command line replaces it with the command to run).
+    """
+
+    def __init__(self, problem: str, directory: str, hint: str = "") -> None:
+        self.problem, self.directory, self.hint = problem, directory, hint
+        super().__init__("%s; %s" % (problem, hint) if hint else problem)
+
+
+_API_HINT = "pass resume=False to start the training from scratch (it deletes them)"
 
 
 def checkpoint_prefixes(directory: str) -> list[str]:
@@ -117,14 +133,15 @@ class TrainingCheckpoints:
                 summary = str(exc).split(" Showing ", 1)[0][:300]  # the rest dumps variable values
                 raise CheckpointError(
                     "checkpoint %s does not fit the model being trained (another model's run directory?): %s"
-                    % (prefix, summary)
+                    % (prefix, summary),
+                    self.directory, _API_HINT,
                 ) from exc
             self._rewrite_state()
             return prefix
         # Left in place: every later resume fails the same way until the run is started over on purpose.
         raise CheckpointError(
-            "no readable checkpoint in %s: all %d are corrupt or truncated (see the warnings above); "
-            "pass resume=False to start the run from scratch (it deletes them)" % (self.directory, len(prefixes))
+            "no readable checkpoint in %s: all %d are corrupt or truncated (see the warnings above)" % (self.directory, len(prefixes)),
+            self.directory, _API_HINT,
         )
 
     def save(self, number: int) -> str:
@@ -183,6 +200,29 @@ class TrainingCheckpoints:
         with open(temporary, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         os.replace(temporary, os.path.join(self.directory, "checkpoint"))
+
+
+def set_aside_checkpoints(run_dir: Union[str, os.PathLike], now: Optional[datetime] = None) -> Optional[Path]:
+    """Move ``<run_dir>/checkpoints`` to ``<run_dir>/checkpoints-set-aside-<UTC time>``; returns it (None: nothing to move)."""
+    source = Path(run_dir) / "checkpoints"
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        if not source.exists():
+            return None  # nothing there, or another worker of the same run moved it first
+        target = Path(run_dir) / ("%s-%s%s" % (SET_ASIDE, stamp, "" if attempt == 0 else "-%d" % attempt))
+        if target.exists():
+            continue  # set aside twice in one second: take the next free name
+        try:
+            # One rename: a run killed here leaves the checkpoints either where they were or set aside.
+            os.rename(source, target)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            if target.exists():
+                continue  # another process took this name in the meantime
+            raise
+        return target
+    raise OSError("could not find a free %s-%s-<n> folder name in %s" % (SET_ASIDE, stamp, run_dir))
 
 
 class BestWeights:

@@ -26,6 +26,7 @@ import yaml
 
 from tfrec import compat
 from tfrec.config.loader import ConfigError, LoadedConfig, config_to_dict, load_config, save_config
+from tfrec.config.quoting import quote_value
 from tfrec.config.schema import Config, TuneParam
 
 kt = compat.keras_tuner()
@@ -91,17 +92,17 @@ def space_problems(space: Sequence[TuneParam]) -> list[tuple[str, str]]:
             problems.append((at + ".key", "is required (a dotted config key such as ranking.learning_rate)"))
             continue
         if key.startswith("tune.") or key == "tune":
-            problems.append((at + ".key", "%r: the tune section configures the search itself and cannot be searched" % key))
+            problems.append((at + ".key", "%s: the tune section configures the search itself and cannot be searched" % quote_value(key)))
         if key.startswith(TUNER_PREFIX):
-            problems.append((at + ".key", "%r: tuner/* names are keras-tuner's own bookkeeping" % key))
+            problems.append((at + ".key", "%s: tuner/* names are keras-tuner's own bookkeeping" % quote_value(key)))
         if key in seen:
-            problems.append((at + ".key", "%r is already searched by tune.space[%d]" % (key, seen[key])))
+            problems.append((at + ".key", "%s is already searched by tune.space[%d]" % (quote_value(key), seen[key])))
         seen.setdefault(key, i)
         if p.type == "choice":
             if not p.values:
                 problems.append((at + ".values", "a choice needs at least one value, got []"))
             elif len(set(p.values)) != len(p.values):
-                problems.append((at + ".values", "values repeat: %r" % (p.values,)))
+                problems.append((at + ".values", "values repeat: %s" % quote_value(p.values)))
             continue
         if not p.min < p.max:
             problems.append((at + ".max", "must be greater than min (%r), got %r" % (p.min, p.max)))
@@ -180,7 +181,7 @@ def check_space(loaded: LoadedConfig, objective: Optional[Objective] = None) -> 
     metrics = getattr(objective, "metrics", None)
     if metrics is not None and tune.objective not in metrics:
         raise loaded.error(
-            "tune.objective", "%r is not a metric of %s trials; choose one of %s" % (tune.objective, tune.target, ", ".join(metrics))
+            "tune.objective", "%s is not a metric of %s trials; choose one of %s" % (quote_value(tune.objective), tune.target, ", ".join(metrics))
         )
     epochs_key = getattr(objective, "epochs_key", None)
     if tune.algorithm == "hyperband" and epochs_key in {p.key.strip() for p in tune.space}:
@@ -307,7 +308,7 @@ def prepare_project(loaded: LoadedConfig, project_dir: Path) -> Path:
             raise ValueError(
                 "tuner project %s was started with a different config (%s); its trials would not compare with "
                 "new ones. Use another run.name or tune.directory, or delete the folder to start over"
-                % (project_dir, ", ".join("%s: %r -> %r" % (k, before.get(k), now.get(k)) for k in changed[:5]))
+                % (project_dir, ", ".join("%s: %s -> %s" % (k, quote_value(before.get(k)), quote_value(now.get(k))) for k in changed[:5]))
             )
     elif any(project_dir.iterdir()):
         raise ValueError(
