@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfrec import compat
+from tfrec.serving.publish import ExportSet
 from tfrec.serving.savedmodel import REGRESS_METHOD, next_version, predict_log, regress_log, save_versioned
 
 tf = compat.tensorflow()
@@ -119,27 +120,39 @@ class _ToyRanker(tf.Module):
         return {"outputs": self._score(features["query"], features["product_id"], features["title"])}
 
 
-def write_toy_retrieval(export_dir: Path, name: str = "search_retrieval", k: int = 3, version: Optional[int] = None,
-                        bias: float = 0.0) -> Path:
-    """Write a toy retrieval SavedModel (with a warm-up record) to export_dir/name/<version>/ and return that folder."""
+def save_toy_retrieval(export: ExportSet, name: str = "search_retrieval", k: int = 3, bias: float = 0.0) -> Path:
+    """Save a toy retrieval SavedModel (with a warm-up record) into an export set; returns its future version folder."""
     if not 1 <= k <= len(TOY_CATALOG):
         raise ValueError("k must be in [1, %d], got %r" % (len(TOY_CATALOG), k))
     module = _ToyRetrieval(k, bias)
     warmup = [predict_log(name, {"query": ["led light", "white paint"]})]
-    return save_versioned(module, export_dir, name, {"serving_default": module.serve}, warmup=warmup, version=version)
+    return export.save(name, module, {"serving_default": module.serve}, warmup=warmup)
 
 
-def write_toy_ranker(export_dir: Path, name: str = "search_ranker", version: Optional[int] = None,
-                     bias: float = 0.0) -> Path:
-    """Write a toy ranker SavedModel (serving_default + regress, warm-up for both) and return its version folder."""
+def save_toy_ranker(export: ExportSet, name: str = "search_ranker", bias: float = 0.0) -> Path:
+    """Save a toy ranker SavedModel (serving_default + regress, warm-up for both) into an export set."""
     module = _ToyRanker(bias)
     pid, title = TOY_CATALOG[0]
     warmup = [
         predict_log(name, {"query": ["cordless drill"], "product_id": [pid], "title": [title]}),
         regress_log(name, [{"query": "cordless drill", "product_id": pid, "title": title}]),
     ]
-    return save_versioned(module, export_dir, name, {"serving_default": module.serve, "regress": module.regress},
-                          warmup=warmup, methods={"regress": REGRESS_METHOD}, version=version)
+    return export.save(name, module, {"serving_default": module.serve, "regress": module.regress},
+                       warmup=warmup, methods={"regress": REGRESS_METHOD})
+
+
+def write_toy_retrieval(export_dir: Path, name: str = "search_retrieval", k: int = 3, version: Optional[int] = None,
+                        bias: float = 0.0) -> Path:
+    """Write a toy retrieval SavedModel (with a warm-up record) to export_dir/name/<version>/ and return that folder."""
+    with ExportSet(export_dir, [name], version=version) as export:
+        return save_toy_retrieval(export, name, k, bias)
+
+
+def write_toy_ranker(export_dir: Path, name: str = "search_ranker", version: Optional[int] = None,
+                     bias: float = 0.0) -> Path:
+    """Write a toy ranker SavedModel (serving_default + regress, warm-up for both) and return its version folder."""
+    with ExportSet(export_dir, [name], version=version) as export:
+        return save_toy_ranker(export, name, bias)
 
 
 def write_broken_version(export_dir: Path, name: str, version: Optional[int] = None) -> Path:

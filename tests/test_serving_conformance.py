@@ -144,8 +144,8 @@ def test_worker_runs_by_file_path_in_a_fresh_interpreter(tmp_path):
             imports.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imports.add(node.module.split(".")[0])
-    assert imports <= {"__future__", "argparse", "gc", "json", "os", "re", "sys", "tensorflow", "tensorflow_text",
-                            "tensorflow_serving"}, imports
+    assert imports <= {"__future__", "argparse", "ctypes", "gc", "json", "os", "re", "signal", "sys", "threading", "time",
+                       "tensorflow", "tensorflow_text", "tensorflow_serving"}, imports
 
 
 @pytest.mark.timeout(300)

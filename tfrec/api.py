@@ -159,14 +159,26 @@ def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
 
 
 def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), run_dir: Optional[PathLike] = None,
-          warm_start: Optional[PathLike] = None) -> Path:
-    """Train and evaluate a config end to end (what ``tfrec train`` does); returns the run folder."""
+          warm_start: Optional[PathLike] = None, restart: bool = False) -> Path:
+    """Train and evaluate a config end to end (what ``tfrec train`` does); returns the run folder.
+
+    ``restart`` (with ``run_dir``) starts the run's training over: its checkpoints are moved into a
+    dated ``checkpoints-set-aside-<UTC time>`` folder of the run, never deleted.
+    """
     from tfrec.data.stats import format_stats
     from tfrec.data.tables import SearchData
     from tfrec.runs import STATS_FILE, create_run_dir, open_run_dir, write_json
 
+    if restart and not run_dir:
+        raise ValueError("restart needs run_dir: the run folder whose training starts over")
     loaded = _loaded(config, overrides)
     folder = open_run_dir(loaded, Path(run_dir)) if run_dir else create_run_dir(loaded)
+    if restart:
+        from tfrec.training.checkpoints import set_aside_checkpoints
+
+        moved = set_aside_checkpoints(folder)
+        _info("restart: %s" % ("moved the earlier checkpoints to %s (nothing deleted); training starts over" % moved
+                                if moved else "no checkpoints in %s; training starts from the beginning" % folder))
     _info("run directory %s (resolved config saved as config.yaml; if interrupted, run the same command with "
           "--run-dir %s to resume from its checkpoints)" % (folder, folder))
     data, stats, note = _load_sliced(loaded)
@@ -268,10 +280,10 @@ def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int
                                "MovieLens multi-task runs are benchmarks)" % folder)
     for name, info in exported.items():
         _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
-    from tfrec.serving.deploy import scan_export, write_deployment_files
+    from tfrec.serving.deploy import write_export_deployment_files
 
     # The export folder carries TF Serving files matching its real versions (docker compose up there).
-    for path in write_deployment_files(export_dir, scan_export(export_dir)):
+    for path in write_export_deployment_files(export_dir):
         _out("deployment: %s" % path)
     if check:
         check_export(export_dir)
@@ -279,14 +291,12 @@ def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int
 
 
 def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
-    from tfrec.search.export import export_scann, export_search, load_search_models
+    from tfrec.search.export import export_search, load_search_models
 
     _info("rebuilding the trained models of %s ..." % run)
     models = load_search_models(run)
-    exported = export_search(models, export_dir, version=version)
-    if scann:
-        exported.update(export_scann(models, export_dir, version=version))
-    return exported
+    # every model of the run (ScaNN's too) gets one version number and appears at once
+    return export_search(models, export_dir, version=version, run=run.name, scann=scann)
 
 
 def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
@@ -298,7 +308,7 @@ def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], 
     _info("rebuilding the trained recommender of %s ..." % run)
     model, data, settings = load_recommender(run)
     return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
-                                 exclude_history=bool(settings["exclude_history"]), version=version)
+                                 exclude_history=bool(settings["exclude_history"]), version=version, run=run.name)
 
 
 def check_export(export_dir: PathLike = "export") -> "ConformanceReport":

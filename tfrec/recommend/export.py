@@ -24,7 +24,8 @@ import numpy as np
 from tfrec import compat
 from tfrec.recommend.model import SequentialRecommender, pad_front
 from tfrec.search.export import catalog_json
-from tfrec.serving.savedmodel import folder_mb, predict_log, save_versioned
+from tfrec.serving.publish import ExportSet
+from tfrec.serving.savedmodel import predict_log
 from tfrec.serving.service import CATALOG_FILE, RECOMMENDER_MODEL, SIMILAR_MODEL
 
 tf = compat.tensorflow()
@@ -83,24 +84,25 @@ class SimilarItemsExport(_ModelParts):
 
 
 def export_recommendation(model: SequentialRecommender, titles: np.ndarray, export_dir: Path, *, k: int,
-                          exclude_history: bool = False, version: Optional[int] = None) -> dict[str, dict]:
-    """Write ``recommender`` and ``similar_items`` (with warm-up records and catalog.json); returns {name: {"path", "mb"}}."""
+                          exclude_history: bool = False, version: Optional[int] = None, run: str = "") -> dict[str, dict]:
+    """Write ``recommender`` and ``similar_items`` as one version published together; returns {name: {"path", "mb"}}.
+
+    Both carry warm-up records, catalog.json and a marker naming ``run``.
+    """
     ids = model.item_ids.numpy().astype(str)
     catalog = {CATALOG_FILE: catalog_json(ids, titles)}
     first, middle = str(ids[0]), str(ids[len(ids) // 2])
     # Real ids, right padding, an unknown id and an empty history: the paths live requests take.
     histories = [[first, middle, ""], [middle, "unknown-item", ""], ["", "", ""]]
-    out = {}
     recommender = RecommenderExport(model, k, exclude_history)
-    path = save_versioned(recommender, export_dir, RECOMMENDER_MODEL, {"serving_default": recommender.serve},
-                          warmup=[predict_log(RECOMMENDER_MODEL, {"history": histories}),
-                                  predict_log(RECOMMENDER_MODEL, {"history": [[first]]})],
-                          extra_files=catalog, version=version)
-    out[RECOMMENDER_MODEL] = {"path": str(path), "mb": folder_mb(path)}
     similar = SimilarItemsExport(model, k)
-    path = save_versioned(similar, export_dir, SIMILAR_MODEL, {"serving_default": similar.serve},
-                          warmup=[predict_log(SIMILAR_MODEL, {"item_id": [first, middle, "unknown-item"]}),
-                                  predict_log(SIMILAR_MODEL, {"item_id": [first]})],
-                          extra_files=catalog, version=version)
-    out[SIMILAR_MODEL] = {"path": str(path), "mb": folder_mb(path)}
-    return out
+    with ExportSet(export_dir, [RECOMMENDER_MODEL, SIMILAR_MODEL], run=run, version=version) as export:
+        export.save(RECOMMENDER_MODEL, recommender, {"serving_default": recommender.serve},
+                    warmup=[predict_log(RECOMMENDER_MODEL, {"history": histories}),
+                            predict_log(RECOMMENDER_MODEL, {"history": [[first]]})],
+                    extra_files=catalog)
+        export.save(SIMILAR_MODEL, similar, {"serving_default": similar.serve},
+                    warmup=[predict_log(SIMILAR_MODEL, {"item_id": [first, middle, "unknown-item"]}),
+                            predict_log(SIMILAR_MODEL, {"item_id": [first]})],
+                    extra_files=catalog)
+    return export.published

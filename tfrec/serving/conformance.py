@@ -132,7 +132,8 @@ def check_export(
         raise FileNotFoundError("export folder %s does not exist" % export_dir)
     if timeout <= 0:
         raise ValueError("timeout must be positive, got %r" % (timeout,))
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    # TFREC_CHECK_PARENT: the worker exits when this process dies (a SIGKILLed export leaves no worker running)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", TFREC_CHECK_PARENT=str(os.getpid()))
     started = time.monotonic()
     try:
         done = subprocess.run(worker_command(export_dir, models, all_versions), capture_output=True, text=True,

@@ -16,15 +16,21 @@ model server lacks. For the newest (or every) version of each model it
 
 Usage: ``python conformance_worker.py EXPORT_DIR [--model NAME ...] [--all-versions]``. Prints one
 JSON report on stdout (everything else goes to stderr) and exits 0 whether or not the export passes.
+With ``TFREC_CHECK_PARENT=<pid>`` in its environment it dies with that process (a killed
+``tfrec export --check`` leaves no worker behind).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
 import re
+import signal
 import sys
+import threading
+import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Running this file puts its own folder (tfrec/serving) first on sys.path: drop it, so that no
@@ -307,6 +313,29 @@ def run(export_dir: str, models: list, all_versions: bool) -> dict:
     return report
 
 
+PARENT_ENV = "TFREC_CHECK_PARENT"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Exit as soon as ``parent`` is gone: the kernel's parent-death signal on Linux, a watch thread everywhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watch thread below still notices
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        # An orphan is re-parented (to init or a subreaper), so its parent pid changes.
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv=None) -> int:
     """Parse arguments, run the check, print the JSON report on the real stdout."""
     parser = argparse.ArgumentParser(description="TF Serving conformance check of an export folder (JSON on stdout).")
@@ -314,6 +343,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", action="append", default=[], help="model to check (repeatable; default: all)")
     parser.add_argument("--all-versions", action="store_true", help="check every version, not only the newest")
     args = parser.parse_args(argv)
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        die_with_parent(int(os.environ[PARENT_ENV]))
     # TensorFlow and its C++ runtime may print on stdout: send all of it to stderr and keep the
     # real stdout for the report alone.
     report_out = os.fdopen(os.dup(1), "w", encoding="utf-8")

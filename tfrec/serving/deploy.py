@@ -16,7 +16,8 @@ in sync with each other and with the export:
 The committed ``serving/`` files are this module's output for :data:`DEFAULT_MODELS`
 (``python -m tfrec.serving.deploy serving/`` regenerates them; a test checks they match).
 ``tfrec export`` writes the same files into the export folder from its real versions
-(``write_deployment_files(export_dir, scan_export(export_dir))``).
+(``write_export_deployment_files(export_dir)``), reading which run each version comes from (its
+export marker): two versions of one run are one model, never labelled stable and canary.
 
 Version labels, as TF Serving applies them (``ServerCore::UpdateModelVersionLabelMap``):
 
@@ -58,6 +59,7 @@ KUBERNETES_FILE = "kubernetes.yaml"
 FILES = (MODELS_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG, COMPOSE_FILE, KUBERNETES_FILE)
 
 REGENERATE = "python -m tfrec.serving.deploy"
+Runs = Optional[Mapping[str, Mapping[int, str]]]  # {model: {version: the run it was exported from}}
 
 
 @dataclass(frozen=True)
@@ -132,28 +134,38 @@ def _check_models(models: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
     return checked
 
 
-def version_plan(versions: Sequence[int], canary: bool = True) -> tuple[list[int], dict[str, int]]:
-    """(versions to serve, {label: version}) for a model's available versions."""
+def version_plan(versions: Sequence[int], canary: bool = True,
+                 runs: Optional[Mapping[int, str]] = None) -> tuple[list[int], dict[str, int]]:
+    """(versions to serve, {label: version}): the newest is canary, the newest of another run stable.
+
+    ``runs`` ({version: run}) tells versions exported from the same run apart: they are one model, so
+    a rerun of an export never becomes its own canary. Versions without a known run count as distinct.
+    """
     vs = sorted({int(v) for v in versions})
     if not vs:
         raise ValueError("a model needs at least one version")
-    if canary and len(vs) >= 2:
-        return vs[-2:], {"stable": vs[-2], "canary": vs[-1]}
-    return vs[-1:], {"stable": vs[-1]}
+    runs = runs or {}
+    newest = vs[-1]
+    others = [v for v in vs[:-1] if not runs.get(newest) or runs.get(v) != runs[newest]]
+    if canary and others:
+        return [others[-1], newest], {"stable": others[-1], "canary": newest}
+    return [newest], {"stable": newest}
 
 
-def models_config(models: Mapping[str, Sequence[int]], base: str = MODELS_BASE, canary: bool = True) -> str:
+def models_config(models: Mapping[str, Sequence[int]], base: str = MODELS_BASE, canary: bool = True,
+                  runs: Runs = None) -> str:
     """``ModelServerConfig`` text proto: per model its base path, version policy and labels."""
     checked = _check_models(models)
     out = [_header("#", [
-        "Models and versions: with two or more versions the second newest is labelled stable and the",
-        "newest canary (both loaded); with one version it is stable. TF Serving checks labels before it",
+        "Models and versions: the newest version is labelled canary and the newest one exported from",
+        "another run stable (both loaded); without such a version the newest is stable (two versions of",
+        "one run are the same model). TF Serving checks labels before it",
         "loads versions: run it with --allow_version_labels_for_unavailable_models=true. A running server",
         "rejects moving a label to a version it has not loaded yet: on a live server list the new version",
         "first, move the labels once it is AVAILABLE (see tfrec/serving/deploy.py).",
     ]), "model_config_list {\n"]
     for name, versions in checked.items():
-        served, labels = version_plan(versions, canary)
+        served, labels = version_plan(versions, canary, (runs or {}).get(name))
         out += ["  config {\n", '    name: "%s"\n' % name, '    base_path: "%s/%s"\n' % (base.rstrip("/"), name),
                 '    model_platform: "tensorflow"\n']
         if len(served) >= 2:
@@ -254,7 +266,8 @@ def compose_file(export_source: str = ".", server: Optional[Server] = None) -> s
     ]) + _yaml([{"services": {"tfserving": service}}])
 
 
-def kubernetes_manifest(models: Mapping[str, Sequence[int]], server: Optional[Server] = None, canary: bool = True) -> str:
+def kubernetes_manifest(models: Mapping[str, Sequence[int]], server: Optional[Server] = None, canary: bool = True,
+                        runs: Runs = None) -> str:
     """kubernetes.yaml: ConfigMap (the three configs), Deployment (probes, resources) and Service."""
     s = server or Server()
     checked = _check_models(models)
@@ -265,7 +278,7 @@ def kubernetes_manifest(models: Mapping[str, Sequence[int]], server: Optional[Se
     config_map = {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "%s-config" % APP, "labels": labels},
         "data": {
-            MODELS_CONFIG: models_config(checked, canary=canary),
+            MODELS_CONFIG: models_config(checked, canary=canary, runs=runs),
             BATCHING_CONFIG: batching_config(s.batching),
             MONITORING_CONFIG: monitoring_config(),
         },
@@ -350,16 +363,17 @@ def deployment_files(
     export_source: str = ".",
     server: Optional[Server] = None,
     canary: bool = True,
+    runs: Runs = None,
 ) -> dict[str, str]:
-    """{file name: text} of the five deployment files (nothing written)."""
+    """{file name: text} of the five deployment files (nothing written); ``runs``: {model: {version: run}}."""
     s = server or Server()
     checked = _check_models(models)
     return {
-        MODELS_CONFIG: models_config(checked, canary=canary),
+        MODELS_CONFIG: models_config(checked, canary=canary, runs=runs),
         BATCHING_CONFIG: batching_config(s.batching),
         MONITORING_CONFIG: monitoring_config(),
         COMPOSE_FILE: compose_file(export_source, s),
-        KUBERNETES_FILE: kubernetes_manifest(checked, s, canary=canary),
+        KUBERNETES_FILE: kubernetes_manifest(checked, s, canary=canary, runs=runs),
     }
 
 
@@ -369,16 +383,24 @@ def write_deployment_files(
     export_source: str = ".",
     server: Optional[Server] = None,
     canary: bool = True,
+    runs: Runs = None,
 ) -> list[Path]:
     """Write the five deployment files into ``dest`` atomically; ``export_source`` is the export folder relative to ``dest``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in deployment_files(models, export_source, server, canary).items():
+    for name, text in deployment_files(models, export_source, server, canary, runs).items():
         path = dest / name
         write_bytes_atomic(path, text.encode("utf-8"))
         paths.append(path)
     return paths
+
+
+def write_export_deployment_files(export_dir: Path, canary: bool = True) -> list[Path]:
+    """Write the deployment files into an export folder for the versions it holds (and the runs they come from)."""
+    from tfrec.serving.publish import version_runs
+
+    return write_deployment_files(export_dir, scan_export(export_dir), canary=canary, runs=version_runs(export_dir))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -390,14 +412,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "search_ranker, versions 1 and 2, export folder ../export)")
     parser.add_argument("--no-canary", action="store_true", help="serve only the newest version of each model")
     args = parser.parse_args(argv)
+    runs = None
     if args.export_dir is None:
         models, source = DEFAULT_MODELS, "../export"
     else:
-        models = scan_export(args.export_dir)
+        from tfrec.serving.publish import version_runs
+
+        models, runs = scan_export(args.export_dir), version_runs(args.export_dir)
         if not models:
             parser.error("no <model>/<version>/saved_model.pb under %s" % args.export_dir)
         source = os.path.relpath(args.export_dir.resolve(), args.dest.resolve())
-    for path in write_deployment_files(args.dest, models, source, canary=not args.no_canary):
+    for path in write_deployment_files(args.dest, models, source, canary=not args.no_canary, runs=runs):
         print(path)
     return 0
 

@@ -2,7 +2,8 @@
 
 * Versions are integer folders (``<export_dir>/<model>/<version>/``), one more than the largest
   present; each is written to a hidden temporary folder and renamed into place, so a server
-  polling the folder never sees half a model, and a version is never overwritten.
+  polling the folder never sees half a model, and a version is never overwritten. The models of
+  one export share one version and are published together (``tfrec.serving.publish``).
 * ``assets.extra/tf_serving_warmup_requests`` holds a few ``PredictionLog`` records that TF
   Serving replays before it marks the version available (a failing record fails the load).
 * TF2's ``tf.saved_model.save`` tags every signature as a Predict signature; TF Serving's Regress
@@ -11,9 +12,6 @@
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -118,6 +116,30 @@ def set_method_names(saved_model_dir: Path, methods: Mapping[str, str]) -> None:
         fingerprint.write_bytes(fingerprinting.CreateFingerprintDef(str(saved_model_dir)))
 
 
+def write_saved_model(
+    module: Any,
+    folder: Path,
+    signatures: Mapping[str, Any],
+    warmup: Iterable[Any] = (),
+    methods: Optional[Mapping[str, str]] = None,
+    extra_files: Optional[Mapping[str, bytes]] = None,
+    options: Optional[Any] = None,
+) -> Path:
+    """Write ``module`` as a SavedModel into ``folder`` (signatures, method names, warm-up file, extra files)."""
+    folder = Path(folder)
+    tf.saved_model.save(module, str(folder), signatures=dict(signatures), options=options)
+    if methods:
+        set_method_names(folder, methods)
+    logs = list(warmup)
+    if logs:
+        write_warmup(folder, logs)
+    for rel, data in (extra_files or {}).items():
+        target = folder / WARMUP_DIR / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return folder
+
+
 def save_versioned(
     module: Any,
     export_dir: Path,
@@ -128,38 +150,18 @@ def save_versioned(
     extra_files: Optional[Mapping[str, bytes]] = None,
     version: Optional[int] = None,
     options: Optional[Any] = None,
+    run: str = "",
 ) -> Path:
     """Write ``module`` to ``export_dir/name/<version>/`` through a temporary folder and a rename.
 
     ``signatures`` maps signature keys to tf.functions; ``methods`` sets non-Predict method names
     (e.g. ``{"regress": REGRESS_METHOD}``); ``warmup`` PredictionLogs go to the warm-up file;
     ``extra_files`` ({relative path: bytes}) land under ``assets.extra/``; ``options`` are
-    ``tf.saved_model.SaveOptions`` (e.g. a namespace whitelist for custom ops).
+    ``tf.saved_model.SaveOptions`` (e.g. a namespace whitelist for custom ops); ``run`` names the
+    run it comes from. Several models of one run: :class:`tfrec.serving.publish.ExportSet`.
     """
-    model_dir = Path(export_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_dir) if version is None else int(version)
-    if version < 1:
-        raise ValueError("versions are positive integers, got %d" % version)
-    final = model_dir / str(version)
-    if final.exists():
-        raise FileExistsError("%s already exists: versions are never overwritten (pick another version)" % final)
-    tmp = Path(tempfile.mkdtemp(prefix=".%d.tmp-" % version, dir=model_dir))
-    try:
-        tf.saved_model.save(module, str(tmp), signatures=dict(signatures), options=options)
-        if methods:
-            set_method_names(tmp, methods)
-        logs = list(warmup)
-        if logs:
-            write_warmup(tmp, logs)
-        for rel, data in (extra_files or {}).items():
-            target = tmp / WARMUP_DIR / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        # mkdtemp makes the folder owner-only; a server running as another user must read it.
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    from tfrec.serving.publish import ExportSet
+
+    with ExportSet(export_dir, [name], run=run, version=version) as export:
+        export.save(name, module, signatures, warmup, methods, extra_files, options)
+    return Path(export.published[name]["path"])
