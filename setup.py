@@ -42,7 +42,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["tfrec=tfrec.cli.main:main"]},
     classifiers=[

@@ -310,7 +310,7 @@ GRPC_MALFORMED = {
         "INVALID_ARGUMENT", "1099511627776 elements"),
     "values that do not fit the shape": (
         lambda c: c.predict("search_retrieval", {"query": _tensor(tf.string, [2], string_val=[b"a", b"b", b"c"])}),
-        "INVALID_ARGUMENT", "malformed TensorProto"),
+        "INVALID_ARGUMENT", "declares shape [2] (2 elements) but carries 3 values"),
     "unknown model": (lambda c: c.predict("nope", {"query": ["a"]}), "NOT_FOUND", "model 'nope' is not served"),
     "unknown version": (lambda c: c.predict("search_retrieval", {"query": ["a"]}, version=9), "NOT_FOUND", "version 9"),
     "unknown label": (lambda c: c.predict("search_retrieval", {"query": ["a"]}, version_label="stable"), "NOT_FOUND",
@@ -508,7 +508,7 @@ def test_no_failed_request_while_a_new_version_swaps_in(tmp_path):
     assert served[0] == 1 and served[-1] == 2
 
 
-def test_failed_version_is_retried_only_after_its_folder_changes(tmp_path, caplog):
+def test_failed_version_is_not_retried_at_once_while_its_files_stay_the_same(tmp_path, caplog):
     toys.write_toy_retrieval(tmp_path)
     broken = toys.write_broken_version(tmp_path, "search_retrieval", 2)
     manager = ModelManager(tmp_path)
@@ -517,10 +517,11 @@ def test_failed_version_is_retried_only_after_its_folder_changes(tmp_path, caplo
             manager.poll()
     assert [r.getMessage().split(" failed")[0] for r in caplog.records] == ["search_retrieval version 2"]
     assert manager.status()["search_retrieval"][1] == {"state": "AVAILABLE"}
-    # the version folder is replaced by a good export: the next poll loads it and the policy moves on
+    # the version folder is replaced by a good export: once quiet for a poll it is loaded and the policy moves on
     fixed = toys.write_toy_retrieval(tmp_path / "staging", bias=2.0, version=2)
     shutil.rmtree(broken)
     os.replace(fixed, broken)
+    manager.poll()
     manager.poll()
     assert manager.status()["search_retrieval"] == {1: {"state": "END"}, 2: {"state": "AVAILABLE"}}
 
@@ -533,6 +534,7 @@ def test_inflight_requests_keep_their_version_after_an_unload(tmp_path):
     request.inputs["query"].CopyFrom(to_tensor_proto(QUERIES))
     held = manager.resolve(request.model_spec)  # what a request in flight holds
     toys.write_toy_retrieval(tmp_path, bias=3.0)
+    manager.poll()  # a new version is loaded once its files were quiet for one poll
     manager.poll()
     assert manager.status()["search_retrieval"] == {1: {"state": "END"}, 2: {"state": "AVAILABLE"}}
     old = run_predict(held, request, manager.limits)

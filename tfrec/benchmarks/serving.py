@@ -7,7 +7,10 @@ machine runs it:
   queries, one client, requests back to back;
 - QPS and latency of ``search_retrieval`` at batch 1 with 8 and 32 concurrent clients;
 - reliability: 32 clients for 30 s while a new version of ``search_retrieval`` is published
-  (written to a hidden folder, renamed into place): failed requests, and which version serves after.
+  (written to a hidden folder, renamed into place): failed requests, and which version serves after;
+- overload: the saturating QPS of ``search_retrieval`` (closed-loop clients), then twice that offered
+  open-loop for a bounded time: p99 of the admitted requests against the unloaded p99, how many were
+  shed (RESOURCE_EXHAUSTED) or dropped at their deadline, and that every request got an answer.
 The server works on a copy of the newest version of each model, so the user's export is untouched.
 """
 from __future__ import annotations
@@ -17,13 +20,22 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
+
 import numpy as np
 
 from tfrec.serving.service import RANKER_MODEL, RETRIEVAL_MODEL
 
 TARGET_P99_MS = 30.0
+OVERLOAD_FACTOR = 2.0
+# Admission settings the overload scenario runs under (label -> extra `tfrec serve` flags).
+OVERLOAD_SETTINGS = {
+    "defaults": [],
+    "latency_first": ["--max-concurrent-executions", "1", "--max-queued-requests", "1"],
+}
 
 
 def _newest(model_dir: Path) -> Path:
@@ -67,6 +79,95 @@ def _sequential(call, items: list) -> dict:
         call(item)
         ms.append((time.perf_counter() - started) * 1000.0)
     return _percentiles(ms)
+
+
+def open_loop(send: Callable[[int], Any], rate: float, seconds: float, grace: float = 30.0) -> dict:
+    """Offer ``rate`` calls per second for ``seconds`` whatever the answers (open loop) and count the outcomes.
+
+    ``send(i)`` starts call ``i`` and returns a gRPC future (``Stub.Method.future``): asynchronous calls
+    keep the load generator's own queueing out of the numbers, and a call's latency counts from when
+    it was due. Outcomes: "OK" or the gRPC status name. Calls without an outcome ``grace`` s after the
+    last was due are reported as ``unanswered``.
+    """
+    if not rate > 0 or not seconds > 0:
+        raise ValueError("rate and seconds must be > 0, got %r and %r" % (rate, seconds))
+    total = max(1, int(rate * seconds))
+    outcomes: list[tuple[str, float]] = []
+    messages: dict[str, str] = {}  # the first message of each error code
+    lock = threading.Lock()
+    finished = threading.Semaphore(0)
+
+    def record(due: float, future: Any) -> None:
+        error = future.exception()
+        code = "OK" if error is None else (error.code().name if hasattr(error, "code") else type(error).__name__)
+        with lock:
+            outcomes.append((code, (time.perf_counter() - due) * 1000.0))
+            if error is not None and code not in messages:
+                messages[code] = str(error.details() if hasattr(error, "details") else error)[:200]
+        finished.release()
+
+    start = time.perf_counter() + 0.05
+    late = 0
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.01:
+            late += 1  # the generator itself fell behind (reported: the offered rate is then lower)
+        send(i).add_done_callback(lambda future, due=due: record(due, future))
+    offered_s = time.perf_counter() - start
+    stop = time.perf_counter() + grace
+    for _ in range(total):
+        if not finished.acquire(timeout=max(0.0, stop - time.perf_counter())):
+            break
+    with lock:
+        done = list(outcomes)
+    codes: dict[str, int] = {}
+    for code, _ in done:
+        codes[code] = codes.get(code, 0) + 1
+    admitted = [ms for code, ms in done if code == "OK"]
+    return {"offered": total, "offered_qps": round(total / max(offered_s, 1e-9), 1), "sent_late": late, "seconds": seconds,
+            "answered": len(done), "unanswered": total - len(done), "outcomes": codes, "messages": messages, "admitted": len(admitted),
+            "shed": codes.get("RESOURCE_EXHAUSTED", 0), "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
+            **({"admitted_" + k: v for k, v in _percentiles(admitted).items() if k != "n"} if admitted else {})}
+
+
+def overload(address: str, model: str, inputs: list[dict], unloaded_p99_ms: float, clients: int = 2,
+             seconds: float = 15.0, factor: float = OVERLOAD_FACTOR, deadline_s: float = 5.0) -> dict:
+    """The saturating QPS of ``model`` (``clients`` closed-loop threads), then ``factor`` times it offered open-loop.
+
+    Keep ``clients`` within what the server admits (running + queued): a closed-loop client that is
+    shed asks again at once, and measures the cost of refusals instead of the model's throughput.
+
+    Every call carries a ``deadline_s`` deadline and is not retried: a shed request is an answer to count.
+    """
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfrec.serving.loadtest import run_load
+    from tfrec.serving.tensors import to_tensor_proto
+
+    requests = []
+    for row in inputs:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        for alias, value in row.items():
+            request.inputs[alias].CopyFrom(to_tensor_proto(value))
+        requests.append(request)
+    channel = grpc.insecure_channel(address)
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        saturation = run_load(lambda i: stub.Predict(requests[i % len(requests)], timeout=deadline_s),
+                              clients=clients, seconds=seconds, warmup_seconds=2.0)
+        if not saturation["qps"]:
+            raise RuntimeError("no request succeeded while measuring the saturating QPS: %s" % saturation["errors"])
+        offered = open_loop(lambda i: stub.Predict.future(requests[i % len(requests)], timeout=deadline_s),
+                            rate=factor * saturation["qps"], seconds=seconds)
+    finally:
+        channel.close()
+    return {"saturation": saturation, "factor": factor, "deadline_s": deadline_s, "open_loop": offered,
+            "unloaded_p99_ms": unloaded_p99_ms, "every_request_answered": offered["unanswered"] == 0}
 
 
 def valid_queries(data_config: str, n: int) -> list[str]:
@@ -124,6 +225,19 @@ def run(out_dir: Path, data_config: str, export_dir: Path = Path("export"), load
                     "status_after": status, "new_version_serving": any(s["version"] == new and s["state"] == "AVAILABLE" for s in status),
                     "old_version_unloaded": not any(s["version"] == old and s["state"] == "AVAILABLE" for s in status),
                 }
+        # Overload, on a fresh server per admission setting: the server's defaults, and a latency-first
+        # queue (one request running and one waiting per model).
+        results["overload_2x_saturation"] = {}
+        for label, flags in OVERLOAD_SETTINGS.items():
+            with start_server(served, ["--poll-seconds", "5", *flags]) as server:
+                with GrpcClient(server.grpc_address, timeout=30.0) as client:
+                    retrieve = lambda q: client.predict(RETRIEVAL_MODEL, {"query": [q]})  # noqa: E731
+                    for q in queries[:10]:
+                        retrieve(q)
+                    unloaded = _sequential(retrieve, queries[:100])
+                results["overload_2x_saturation"][label] = {"server_flags": flags, **overload(
+                    server.grpc_address, RETRIEVAL_MODEL, [{"query": [q]} for q in queries],
+                    unloaded_p99_ms=unloaded["p99_ms"], seconds=load_seconds)}
     p99 = results["retrieval_batch1"]["p99_ms"]
     results["target"] = {"retrieval_batch1_p99_ms": TARGET_P99_MS, "met": p99 < TARGET_P99_MS}
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -181,5 +295,24 @@ def _markdown(meta: dict, r: dict) -> str:
             "unloaded" if rel["old_version_unloaded"] else "still loaded"),
         "Server start (load + warm-up of both models): %.1f s." % r["server_start_s"], "",
     ]
+    for label, result in r.get("overload_2x_saturation", {}).items():
+        lines += ["Admission `%s` (%s):" % (label, " ".join(result["server_flags"]) or "the server's defaults"), ""]
+        lines += overload_markdown(result)
     return "\n".join(lines)
+
+
+def overload_markdown(o: dict) -> list[str]:
+    """Markdown lines for an :func:`overload` result."""
+    offered = o["open_loop"]
+    return [
+        "Overload: %d closed-loop clients saturate at %.1f QPS (p99 %.1f ms); %.0f× that offered open-loop for %.0f s:" % (
+            o["saturation"]["clients"], o["saturation"]["qps"], o["saturation"]["p99_ms"], o["factor"], offered["seconds"]), "",
+        "| offered | offered QPS | admitted | shed (RESOURCE_EXHAUSTED) | deadline exceeded | other errors | unanswered "
+        "| admitted p50 ms | admitted p99 ms | unloaded p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| %d | %.1f | %d | %d | %d | %d | %d | %s | %s | %.1f |" % (
+            offered["offered"], offered["offered_qps"], offered["admitted"], offered["shed"], offered["deadline_exceeded"],
+            offered["answered"] - offered["admitted"] - offered["shed"] - offered["deadline_exceeded"], offered["unanswered"],
+            offered.get("admitted_p50_ms", "-"), offered.get("admitted_p99_ms", "-"), o["unloaded_p99_ms"]), "",
+    ]
 

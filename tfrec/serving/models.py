@@ -4,19 +4,25 @@
   TF Serving ``models.config`` text proto (base paths, version policies, version labels).
 * A version is loaded with ``tf.saved_model.load``, its warm-up records are replayed (a failing record
   fails the load), and only then is it AVAILABLE; versions the policy no longer wants are unloaded
-  after that, so a model never stops serving during a swap. A version that failed is not tried
-  again until its folder changes, and the policy falls back to the versions that did load.
+  after that, so a model never stops serving during a swap. A version that appears after the first
+  poll is loaded only once its files have been quiet for one poll interval (a copy may be in
+  progress); one that fails is retried while any file under it changes and for ``retry_seconds``
+  after (status "retrying"), then left "failed" until its files change again. The policy falls
+  back to the versions that did load.
 * Requests arrive as TF Serving protos (``PredictRequest``, ``RegressionRequest``, ...) and are
   validated before anything runs; failures raise :class:`RequestError` carrying a gRPC status code name.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, ContextManager, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -58,9 +64,10 @@ class Limits:
     max_batch_size: int = 1024
     max_string_bytes: int = 64 << 10
     max_elements: int = 4 << 20  # a TensorProto may declare a shape far larger than the values it sends
+    max_total_string_bytes: int = 4 << 20  # all strings of a request as the model would see them (contexts repeated)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_string_bytes", "max_elements"):
+        for name in ("max_batch_size", "max_string_bytes", "max_elements", "max_total_string_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError("%s must be >= 1, got %r" % (name, getattr(self, name)))
 
@@ -215,6 +222,37 @@ def _shape_text(dims: Sequence[int]) -> str:
     return "[%s]" % ",".join("?" if d < 0 else str(d) for d in dims)
 
 
+# The repeated field holding each dtype's values, and how many entries one element takes. TensorFlow
+# repeats the last value to fill a declared shape, so a count that differs from the shape is refused:
+# otherwise a few bytes on the wire could declare gigabytes of tensor.
+_VALUE_FIELDS = {
+    "DT_FLOAT": ("float_val", 1), "DT_DOUBLE": ("double_val", 1), "DT_INT32": ("int_val", 1),
+    "DT_INT16": ("int_val", 1), "DT_INT8": ("int_val", 1), "DT_UINT8": ("int_val", 1), "DT_UINT16": ("int_val", 1),
+    "DT_HALF": ("half_val", 1), "DT_BFLOAT16": ("half_val", 1), "DT_INT64": ("int64_val", 1),
+    "DT_UINT32": ("uint32_val", 1), "DT_UINT64": ("uint64_val", 1), "DT_BOOL": ("bool_val", 1),
+    "DT_STRING": ("string_val", 1), "DT_COMPLEX64": ("scomplex_val", 2), "DT_COMPLEX128": ("dcomplex_val", 2),
+}
+
+
+def _check_payload(alias: str, proto: Any, dims: Sequence[int]) -> None:
+    """Refuse a TensorProto whose values do not fill its declared shape exactly (no implicit repetition)."""
+    size = math.prod(dims)
+    name = dtype_name(proto.dtype)
+    if name not in _VALUE_FIELDS:
+        raise invalid("input '%s' has dtype %s, which this server does not accept in requests" % (alias, name))
+    if proto.tensor_content and name != "DT_STRING":
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size
+        if len(proto.tensor_content) != size * itemsize:
+            raise invalid("input '%s' declares shape %s (%d elements of %d bytes) but its tensor_content has %d bytes"
+                          % (alias, _shape_text(dims), size, itemsize, len(proto.tensor_content)))
+        return
+    field_name, per_element = _VALUE_FIELDS[name]
+    count = len(getattr(proto, field_name))
+    if count != size * per_element:
+        raise invalid("input '%s' declares shape %s (%d elements) but carries %d values in %s: send one value per element"
+                      % (alias, _shape_text(dims), size, count // per_element, field_name))
+
+
 def _check_tensor(alias: str, proto: Any, info: Any, limits: Limits) -> list[int]:
     """Check one input TensorProto against its TensorInfo and the limits; returns its shape."""
     if proto.dtype != info.dtype:
@@ -233,11 +271,19 @@ def _check_tensor(alias: str, proto: Any, info: Any, limits: Limits) -> list[int
             raise invalid("input '%s' expects shape %s, got %s" % (alias, _shape_text(want), _shape_text(dims)))
     if math.prod(dims) > limits.max_elements:
         raise invalid("input '%s' has %d elements, more than the %d allowed" % (alias, math.prod(dims), limits.max_elements))
+    _check_payload(alias, proto, dims)
     for value in proto.string_val:
         if len(value) > limits.max_string_bytes:
             raise invalid("string of %d bytes in input '%s' exceeds max_string_bytes=%d"
                           % (len(value), alias, limits.max_string_bytes))
     return dims
+
+
+def check_total_strings(total: int, limits: Limits) -> None:
+    """Refuse a request whose strings, as the model would receive them, exceed max_total_string_bytes."""
+    if total > limits.max_total_string_bytes:
+        raise invalid("the request carries %d bytes of strings (after decoding, contexts repeated per example), more "
+                      "than the %d allowed per request" % (total, limits.max_total_string_bytes))
 
 
 def check_batch(sizes: Mapping[str, int], limits: Limits) -> int:
@@ -263,6 +309,7 @@ def predict_inputs(signature: Any, inputs: Mapping[str, Any], limits: Limits) ->
             raise invalid("unexpected input '%s' (the signature expects %s)" % (alias, ", ".join(expected)))
     shapes = {alias: _check_tensor(alias, inputs[alias], signature.inputs[alias], limits) for alias in expected}
     check_batch({a: s[0] for a, s in shapes.items() if s}, limits)
+    check_total_strings(sum(len(v) for alias in expected for v in inputs[alias].string_val), limits)
     arrays = {}
     for alias in expected:
         try:
@@ -281,8 +328,9 @@ def model_spec_of(name: str, version: int, signature: str = "") -> Any:
     return spec
 
 
-def run_predict(version: LoadedVersion, request: Any, limits: Limits) -> Any:
-    """Answer a PredictRequest with one loaded version."""
+def run_predict(version: LoadedVersion, request: Any, limits: Limits,
+                gate: ContextManager[Any] = contextlib.nullcontext()) -> Any:
+    """Answer a PredictRequest with one loaded version; the model runs inside ``gate`` (the admission queue)."""
     from tensorflow_serving.apis import predict_pb2
 
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -295,7 +343,8 @@ def run_predict(version: LoadedVersion, request: Any, limits: Limits) -> Any:
     if len(set(wanted)) != len(wanted):
         raise invalid("duplicate output tensor alias in output_filter: %s" % list(request.output_filter))
     arrays = predict_inputs(signature, request.inputs, limits)
-    outputs = version.run(key, arrays, wanted)
+    with gate:  # validation above stays outside: only the model's work waits for a slot
+        outputs = version.run(key, arrays, wanted)
     spec = model_spec_of(request.model_spec.name or version.name, version.version, key)
     response = predict_pb2.PredictResponse(model_spec=spec)
     for alias, array in outputs.items():
@@ -319,7 +368,9 @@ def serialized_examples(model_input: Any, limits: Limits) -> list[bytes]:
     check_batch({kind: len(examples)}, limits)
     for i, example in enumerate(examples):
         _check_example_strings(example, "example %d" % i, limits)
-    return [context + e.SerializeToString() for e in examples]
+    serialized = [context + e.SerializeToString() for e in examples]
+    check_total_strings(sum(map(len, serialized)), limits)
+    return serialized
 
 
 def _check_example_strings(example: Any, where: str, limits: Limits) -> None:
@@ -338,8 +389,9 @@ def regress_signature_key(version: LoadedVersion, requested: str) -> str:
     return DEFAULT_SIGNATURE if default is not None and default.method_name == REGRESS_METHOD else REGRESS_SIGNATURE
 
 
-def run_regress(version: LoadedVersion, request: Any, limits: Limits) -> Any:
-    """Answer a RegressionRequest with one loaded version."""
+def run_regress(version: LoadedVersion, request: Any, limits: Limits,
+                gate: ContextManager[Any] = contextlib.nullcontext()) -> Any:
+    """Answer a RegressionRequest with one loaded version; the model runs inside ``gate`` (the admission queue)."""
     from tensorflow_serving.apis import regression_pb2
 
     key = regress_signature_key(version, request.model_spec.signature_name)
@@ -352,7 +404,8 @@ def run_regress(version: LoadedVersion, request: Any, limits: Limits) -> Any:
                            "%s and outputs %s" % (key, REGRESS_OUTPUT, sorted(signature.inputs), sorted(signature.outputs)))
     (alias,) = signature.inputs
     examples = serialized_examples(request.input, limits)
-    values = version.run(key, {alias: np.array(examples, dtype=object)}, [REGRESS_OUTPUT])[REGRESS_OUTPUT]
+    with gate:
+        values = version.run(key, {alias: np.array(examples, dtype=object)}, [REGRESS_OUTPUT])[REGRESS_OUTPUT]
     if values.ndim not in (1, 2) or values.shape[0] != len(examples) or (values.ndim == 2 and values.shape[1] != 1):
         raise invalid("Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got %s"
                       % list(values.shape))
@@ -406,11 +459,27 @@ def replay_warmup(version: LoadedVersion, limits: Limits) -> int:
 
 @dataclass
 class VersionState:
-    """What happened to one version: START, LOADING, AVAILABLE or END (with the error if its load failed)."""
+    """What happened to one version: START, LOADING, AVAILABLE or END (with the error if its load failed).
+
+    ``retry`` is set for failed loads: "retrying" while the version's files changed recently (it is
+    loaded again once they are quiet), "failed" once they have been still for the retry window.
+    """
 
     state: str
     error: str = ""
-    stamp: Any = None  # the folder's modification stamp when the load failed (retry only once it changes)
+    retry: str = ""
+
+
+@dataclass
+class _Watch:
+    """What the poller saw of one version folder that is not serving."""
+
+    snapshot: tuple  # (relative path, size, mtime_ns) of the folder and everything under it
+    changed_at: float  # wall-clock time of the last change seen (the newest mtime at first sight)
+    cause: str = ""  # the error of the last failed load
+    tried: Optional[tuple] = None  # the snapshot that load read
+    tried_at: float = 0.0
+    backoff: float = 0.0  # wait before retrying files that did not change since the last failure
 
 
 @dataclass
@@ -418,31 +487,50 @@ class _Model:
     source: ModelSource
     available: dict[int, LoadedVersion] = field(default_factory=dict)
     states: dict[int, VersionState] = field(default_factory=dict)
+    watches: dict[int, _Watch] = field(default_factory=dict)
 
 
-def _stamp(path: Path) -> Any:
-    """Modification times that change when a version folder is rewritten."""
-    parts = []
-    for p in (path, path / "saved_model.pb", path / "variables"):
-        try:
-            st = p.stat()
-            parts.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            parts.append(None)
-    return tuple(parts)
+RETRY_SECONDS = 60.0
+FIRST_RETRY_SECONDS = 1.0  # unchanged files are retried after 1 s, 2 s, 4 s, ... (a filesystem may hide a write)
+
+
+def _snapshot(path: Path) -> tuple:
+    """(relative path, size, mtime_ns) of a folder and every file and folder under it, sorted."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for entry in [root] + [os.path.join(root, f) for f in files]:
+            try:
+                st = os.stat(entry)
+            except OSError:  # removed while we looked: the next poll sees what replaced it
+                continue
+            entries.append((os.path.relpath(entry, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def _failure_text(cause: str, retry: str, retry_seconds: float) -> str:
+    if retry == "retrying":
+        return "%s (retrying: its files changed less than %g s ago, a copy may still be in progress)" % (cause, retry_seconds)
+    return "%s (failed: its files have not changed for %g s; it is loaded again when they change)" % (cause, retry_seconds)
 
 
 class ModelManager:
-    """Loads the models' versions, swaps them as new versions appear, and answers requests as protos."""
+    """Loads the models' versions, swaps them as new versions appear, and answers requests as protos.
+
+    ``retry_seconds``: how long after the last change of its files a failed version is still retried.
+    """
 
     def __init__(self, export_dir: Optional[Path] = None, model_config_file: Optional[Path] = None,
-                 models: Optional[Sequence[str]] = None, limits: Limits = Limits()) -> None:
+                 models: Optional[Sequence[str]] = None, limits: Limits = Limits(),
+                 retry_seconds: float = RETRY_SECONDS) -> None:
         if export_dir is None and model_config_file is None:
             raise ValueError("give an export_dir or a model_config_file")
+        if not retry_seconds >= 0:
+            raise ValueError("retry_seconds must be >= 0, got %r" % (retry_seconds,))
         self.export_dir = Path(export_dir) if export_dir is not None else None
         if self.export_dir is not None and not self.export_dir.is_dir():
             raise ValueError("export_dir %s is not a folder" % self.export_dir)
         self.limits = limits
+        self.retry_seconds = float(retry_seconds)
         self._names = list(models) if models is not None else None
         self._configured = read_model_config(Path(model_config_file), self.export_dir) if model_config_file else None
         if self._configured is not None and self._names is not None:
@@ -450,6 +538,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._models: dict[str, _Model] = {}
         self._poll_lock = threading.Lock()  # one poll at a time (the poller thread and explicit calls)
+        self._polled = False  # the first poll loads what is there; later versions must be quiet for a poll first
 
     # -- versions --------------------------------------------------------------------------
 
@@ -467,46 +556,90 @@ class ModelManager:
                     self._poll_model(source)
                 except Exception:  # one model's trouble must not stop the others from updating
                     log.exception("polling model %s failed", source.name)
+            self._polled = True
 
     def _poll_model(self, source: ModelSource) -> None:
         with self._lock:
             model = self._models.setdefault(source.name, _Model(source))
         on_disk = version_folders(source.base_path)
+        for v in set(model.watches) - set(on_disk):
+            del model.watches[v]
+        ready = {v for v, path in on_disk.items() if v in model.available or self._ready(model, v, path)}
         while True:
-            usable = [v for v in on_disk if not self._failed_unchanged(model, v, on_disk[v])]
-            wanted = source.wanted(usable)
+            wanted = source.wanted(ready)
             to_load = [v for v in wanted if v not in model.available]
             if not to_load:
                 break
-            for v in to_load:  # a failure changes `usable`, so the policy is applied again
-                self._load(model, v, on_disk[v])
+            for v in to_load:  # a failure changes what is ready, so the policy is applied again
+                if not self._load(model, v, on_disk[v]):
+                    ready.discard(v)
         for v in sorted(set(model.available) - set(wanted)):
             self._unload(model, v)
 
-    @staticmethod
-    def _failed_unchanged(model: _Model, version: int, path: Path) -> bool:
+    def _ready(self, model: _Model, version: int, path: Path) -> bool:
+        """Whether a version that is not serving may be loaded now: files quiet since the last poll, a retry due."""
+        now = time.time()
+        snapshot = _snapshot(path)
+        watch = model.watches.get(version)
+        if watch is None:
+            newest = max((entry[2] for entry in snapshot), default=0) / 1e9
+            watch = model.watches[version] = _Watch(snapshot, min(now, newest))
+            quiet = not self._polled  # at start, load what is there (a failure is retried like any other)
+        else:
+            quiet = snapshot == watch.snapshot
+            if not quiet:
+                watch.snapshot, watch.changed_at = snapshot, now
         state = model.states.get(version)
-        return state is not None and state.error != "" and state.stamp == _stamp(path)
+        failed = state is not None and state.error != ""
+        if not quiet:
+            with self._lock:
+                if state is None:
+                    model.states[version] = VersionState("START")
+                elif failed and state.retry != "retrying":
+                    model.states[version] = VersionState("END", _failure_text(watch.cause, "retrying", self.retry_seconds),
+                                                         "retrying")
+            return False
+        if not failed or snapshot != watch.tried:
+            return True
+        if now - watch.changed_at >= self.retry_seconds:
+            if state.retry != "failed":
+                with self._lock:
+                    model.states[version] = VersionState("END", _failure_text(watch.cause, "failed", self.retry_seconds),
+                                                         "failed")
+                log.error("%s version %d failed: its files have not changed for %g s (%s)",
+                          model.source.name, version, self.retry_seconds, watch.cause)
+            return False
+        return now - watch.tried_at >= watch.backoff
 
-    def _load(self, model: _Model, version: int, path: Path) -> None:
+    def _load(self, model: _Model, version: int, path: Path) -> bool:
         name = model.source.name
-        stamp = _stamp(path)
+        watch = model.watches.get(version) or _Watch(_snapshot(path), time.time())
         with self._lock:
-            model.states[version] = VersionState("LOADING")
-        log.info("loading %s version %d from %s", name, version, path)
+            retrying = version in model.states and model.states[version].error != ""
+            if not retrying:  # a retry keeps reporting the last failure until it succeeds
+                model.states[version] = VersionState("LOADING")
+        log.info("%s %s version %d from %s", "retrying" if retrying else "loading", name, version, path)
         try:
             loaded = LoadedVersion(name, version, path)
             records = replay_warmup(loaded, self.limits)
         except Exception as exc:  # any failure keeps the previous versions serving
-            error = "%s: %s" % (type(exc).__name__, _first_line(str(exc)) or repr(exc))
+            now = time.time()
+            blind = watch.tried == watch.snapshot  # nothing changed since the previous failure
+            watch.backoff = watch.backoff * 2 if blind and watch.backoff else FIRST_RETRY_SECONDS
+            watch.tried, watch.tried_at = watch.snapshot, now
+            watch.cause = "%s: %s" % (type(exc).__name__, _first_line(str(exc)) or repr(exc))
+            retry = "retrying" if now - watch.changed_at < self.retry_seconds else "failed"
             with self._lock:
-                model.states[version] = VersionState("END", error=error, stamp=stamp)
-            log.error("%s version %d failed to load (the versions already serving stay): %s", name, version, error)
-            return
+                model.states[version] = VersionState("END", _failure_text(watch.cause, retry, self.retry_seconds), retry)
+            log.error("%s version %d failed to load (the versions already serving stay; %s): %s",
+                      name, version, retry, watch.cause)
+            return False
         with self._lock:
             model.available[version] = loaded
             model.states[version] = VersionState("AVAILABLE")
+            model.watches.pop(version, None)
         log.info("%s version %d is AVAILABLE (%d warm-up records replayed)", name, version, records)
+        return True
 
     def _unload(self, model: _Model, version: int) -> None:
         with self._lock:
@@ -527,13 +660,14 @@ class ModelManager:
             if model is None or not model.available:
                 states = sorted(model.states.items()) if model else []
                 errors = ["version %d: %s" % (v, s.error) for v, s in states if s.error]
+                errors += ["version %d: waiting for its files to stop changing" % v for v, s in states if s.state == "START"]
                 out[source.name] = "; ".join(errors) or "no version folder under %s" % source.base_path
         return out
 
     def status(self) -> dict[str, dict[int, dict[str, str]]]:
-        """{model: {version: {"state": ..., "error": ...}}} ("error" only for failed loads)."""
+        """{model: {version: {"state": ...}}}, plus "error" and "retry" ("retrying" or "failed") for failed loads."""
         with self._lock:
-            return {name: {v: ({"state": s.state, "error": s.error} if s.error else {"state": s.state})
+            return {name: {v: ({"state": s.state, "error": s.error, "retry": s.retry} if s.error else {"state": s.state})
                            for v, s in sorted(m.states.items())} for name, m in sorted(self._models.items())}
 
     def close(self) -> None:
@@ -578,13 +712,13 @@ class ModelManager:
                             % (spec.name, number, ", ".join(map(str, sorted(available))) or "none"))
         return available[number]
 
-    def predict(self, request: Any) -> Any:
-        """Answer a PredictRequest."""
-        return run_predict(self.resolve(request.model_spec), request, self.limits)
+    def predict(self, request: Any, gate: ContextManager[Any] = contextlib.nullcontext()) -> Any:
+        """Answer a PredictRequest (the model runs inside ``gate``)."""
+        return run_predict(self.resolve(request.model_spec), request, self.limits, gate)
 
-    def regress(self, request: Any) -> Any:
-        """Answer a RegressionRequest."""
-        return run_regress(self.resolve(request.model_spec), request, self.limits)
+    def regress(self, request: Any, gate: ContextManager[Any] = contextlib.nullcontext()) -> Any:
+        """Answer a RegressionRequest (the model runs inside ``gate``)."""
+        return run_regress(self.resolve(request.model_spec), request, self.limits, gate)
 
     def metadata(self, request: Any) -> Any:
         """Answer a GetModelMetadataRequest."""

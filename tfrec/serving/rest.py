@@ -8,34 +8,56 @@ both APIs share one validation and execution path:
 * ``POST ...:predict`` with ``instances`` (row format -> ``predictions``) or ``inputs``
   (columnar -> ``outputs``), optional ``signature_name``; strings may be ``{"b64": ...}``.
 * ``POST ...:regress`` with ``examples`` (and optional ``context``) -> ``results``.
-* Errors are ``{"error": message}`` with 400 / 404 / 413 (body over the limit) / 500 / 501.
+* Errors are ``{"error": message}``: 400 (malformed), 404 (unknown model, version or path), 405 (a
+  method other than GET/POST, with ``Allow``), 408 (a client too slow to send its request), 411,
+  413 (body over the limit), 415 (a compressed body), 429 (the model's queue is full), 501
+  (classify), 503 (every connection slot busy), 504 (the request's deadline passed before it ran).
+  An optional ``X-Request-Timeout: SECONDS`` header gives a request a deadline.
+
+Connections are served by a fixed pool of worker threads from a bounded queue of accepted
+connections (listen backlog 1024). A connection that sends nothing for ``timeout`` seconds, or
+takes longer than that to send a request, is closed; an idle keep-alive connection gives its
+worker up after a second when other connections wait, and responses say ``Connection: close``
+while others wait, so no client is starved by idle ones.
 """
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
+import queue
 import re
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ContextManager, Optional
 
 import numpy as np
 
 from tfrec import compat
+from tfrec.serving.admission import Admission
 from tfrec.serving.models import DEFAULT_SIGNATURE, ModelManager, RequestError, dtype_name, invalid, run_predict, run_regress
 from tfrec.serving.tensors import make_example, to_tensor_proto
+from tfrec.serving.unexpected import log_unexpected
 
 tf = compat.tensorflow()
 
 log = logging.getLogger("tfrec.serving")
 
-_ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+_ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
                     r"(?P<verb>/metadata|:predict|:regress|:classify)?$")
+# TF Serving's mapping of status codes to HTTP (model_servers/http_rest_api_handler)
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "NOT_FOUND": 404,
-                "RESOURCE_EXHAUSTED": 413, "UNIMPLEMENTED": 501, "UNAVAILABLE": 503}
+                "DEADLINE_EXCEEDED": 504, "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "UNAVAILABLE": 503}
 _DRAIN_LIMIT = 64 << 20  # bodies larger than this are not even read before answering 413
+_MAX_JSON_DEPTH = 64  # deeper bodies are refused before anything recurses over them
+_MAX_INT64 = (1 << 63) - 1
+_TIMEOUT_HEADER = "X-Request-Timeout"
+_ALLOWED = "GET, POST"
+_YIELD_AFTER = 1.0  # an idle connection gives its worker up after this long when others wait
+_MAX_PENDING = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,9 +77,28 @@ def _flatten(value: Any, alias: str) -> tuple[tuple[int, ...], list]:
     return (len(value),) + parts[0][0], [leaf for _, leaves in parts for leaf in leaves]
 
 
+def _json_depth_ok(value: Any, limit: int = _MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests at most ``limit`` deep (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON but not text
+        raise invalid("%s is not valid Unicode text (it holds a lone surrogate); send bytes as {\"b64\": ...}" % what)
+
+
 def _string_leaf(value: Any, alias: str) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value, "a string of input '%s'" % alias)
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
         try:
             return base64.b64decode(value["b64"], validate=True)
@@ -72,7 +113,7 @@ def _json_type(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value)
+    text = json.dumps(value)[:200]
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -122,11 +163,13 @@ def _bytes_json(value: Any) -> Any:
 
 
 def _feature_value(value: Any, name: str) -> Any:
-    """A tf.Example feature value from JSON (b64 objects decoded to bytes)."""
+    """A tf.Example feature value from JSON (b64 objects decoded to bytes, strings checked to be text)."""
     if isinstance(value, list):
         return [_feature_value(v, name) for v in value]
     if isinstance(value, dict):
         return _string_leaf(value, "feature %s" % name)
+    if isinstance(value, str):
+        return _utf8(value, "a value of feature '%s'" % name)
     if value is None:
         raise invalid("feature '%s' is null" % name)
     return value
@@ -136,7 +179,8 @@ def _examples(items: Any, where: str) -> list:
     if not isinstance(items, list) or not all(isinstance(e, dict) for e in items):
         raise invalid("'%s' must be a list of objects {feature: value}" % where)
     try:
-        return [make_example({k: _feature_value(v, k) for k, v in e.items()}) for e in items]
+        return [make_example({_utf8(k, "a feature name").decode("utf-8"): _feature_value(v, k) for k, v in e.items()})
+                for e in items]
     except (ValueError, TypeError, AttributeError) as exc:
         raise invalid("%s: %s" % (where, exc))
 
@@ -150,7 +194,10 @@ def _model_spec(name: str, version: Optional[str], label: Optional[str], signatu
 
     spec = model_pb2.ModelSpec(name=name, signature_name=signature)
     if version is not None:
-        spec.version.value = int(version)
+        number = int(version) if len(version.lstrip("0")) <= 19 else _MAX_INT64 + 1  # int() of 5,000 digits raises
+        if number > _MAX_INT64:
+            raise invalid("version %s... does not fit a 64-bit integer" % version[:25])
+        spec.version.value = number
     elif label is not None:
         spec.version_label = label
     return spec
@@ -166,11 +213,12 @@ def _signature_name(body: dict) -> str:
     name = body.get("signature_name", "")
     if not isinstance(name, str):
         raise invalid("'signature_name' must be a string, got %s" % _short(name))
+    _utf8(name, "'signature_name'")
     return name
 
 
-def predict_json(manager: ModelManager, spec: Any, body: dict) -> dict:
-    """Answer a REST predict body (row or columnar format)."""
+def predict_json(manager: ModelManager, spec: Any, body: dict, gate: Optional[ContextManager[Any]] = None) -> dict:
+    """Answer a REST predict body (row or columnar format); the model runs inside ``gate``."""
     from tensorflow_serving.apis import predict_pb2
 
     if ("instances" in body) == ("inputs" in body):
@@ -188,7 +236,8 @@ def predict_json(manager: ModelManager, spec: Any, body: dict) -> dict:
             raise invalid("unexpected input '%s' (the signature expects %s)" % (alias, ", ".join(aliases)))
         request.inputs[alias].CopyFrom(to_tensor_proto(json_to_array(value, info.dtype, alias)))
     request.model_spec.version.value = version.version
-    outputs = {k: _array(v) for k, v in run_predict(version, request, manager.limits).outputs.items()}
+    response = run_predict(version, request, manager.limits, *(() if gate is None else (gate,)))
+    outputs = {k: _array(v) for k, v in response.outputs.items()}
     if not row:
         return {"outputs": array_to_json(outputs[next(iter(outputs))]) if len(outputs) == 1
                 else {k: array_to_json(v) for k, v in outputs.items()}}
@@ -227,14 +276,16 @@ def _row_inputs(instances: Any, aliases: list[str]) -> dict[str, Any]:
 
 def _columnar_inputs(inputs: Any, aliases: list[str]) -> dict[str, Any]:
     if isinstance(inputs, dict) and "b64" not in inputs:
+        for alias in inputs:
+            _utf8(alias, "an input name")
         return dict(inputs)
     if len(aliases) != 1:
         raise invalid("a bare 'inputs' value needs a single-input signature; this one expects %s" % ", ".join(aliases))
     return {aliases[0]: inputs}
 
 
-def regress_json(manager: ModelManager, spec: Any, body: dict) -> dict:
-    """Answer a REST regress body ({"examples": [...], "context": {...}, "signature_name": ...})."""
+def regress_json(manager: ModelManager, spec: Any, body: dict, gate: Optional[ContextManager[Any]] = None) -> dict:
+    """Answer a REST regress body ({"examples": [...], "context": {...}, "signature_name": ...}) inside ``gate``."""
     from tensorflow_serving.apis import regression_pb2
 
     if "examples" not in body:
@@ -250,7 +301,7 @@ def regress_json(manager: ModelManager, spec: Any, body: dict) -> dict:
     else:
         request.input.example_list.examples.extend(examples)
     version = manager.resolve(spec)
-    response = run_regress(version, request, manager.limits)
+    response = run_regress(version, request, manager.limits, *(() if gate is None else (gate,)))
     return {"results": [float(str(np.float32(r.value))) for r in response.result.regressions]}
 
 
@@ -276,33 +327,108 @@ def metadata_json(manager: ModelManager, spec: Any) -> dict:
 # HTTP
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's socket as a raw stream that fails with TimeoutError once the request's deadline passes.
+
+    A per-read socket timeout alone lets a client that sends a byte every few seconds hold a
+    worker forever; here the whole request (and the idle wait before it) has one deadline.
+    """
+
+    def __init__(self, sock: socket.socket, server: "_HTTPServer") -> None:
+        super().__init__()
+        self._sock = sock
+        self._server = server
+        self.deadline = time.monotonic() + server.timeout_seconds
+        self.idle_since: Optional[float] = time.monotonic()  # None once a byte of the next request arrived
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            now = time.monotonic()
+            if now >= self.deadline:
+                raise TimeoutError("the client sent no complete request within %.0f s" % self._server.timeout_seconds)
+            # idle connections wake up every 0.1 s to see whether others wait for a worker
+            self._sock.settimeout(min(self.deadline - now, 0.1) if self.idle_since is not None else self.deadline - now)
+            try:
+                count = self._sock.recv_into(buffer)
+            except TimeoutError:
+                if self.idle_since is None:
+                    raise
+                if time.monotonic() - self.idle_since >= _YIELD_AFTER and self._server.waiting():
+                    raise TimeoutError("an idle connection gave its worker to a waiting one") from None
+                continue
+            self.idle_since = None
+            return count
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tfrec-dev-server"
-    timeout = 60  # idle keep-alive connections do not hold a thread forever
     server: "_HTTPServer"
 
+    def __init__(self, request: Any, client_address: Any, server: "_HTTPServer", accepted_at: float) -> None:
+        self._accepted_at: Optional[float] = accepted_at
+        self.received_at = accepted_at
+        super().__init__(request, client_address, server)
+
     def setup(self) -> None:
+        self.timeout = self.server.timeout_seconds
         super().setup()
+        self._reader = _DeadlineReader(self.connection, self.server)
+        self.rfile = io.BufferedReader(self._reader)
         # Headers and body go out as two writes; without TCP_NODELAY the client's delayed ACK holds
         # every response ~40 ms (Nagle's algorithm).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        # the next request on this connection: a fresh deadline, and it may be idle for a while
+        now = time.monotonic()
+        self._reader.deadline = now + self.server.timeout_seconds
+        self._reader.idle_since = now
+
+    def parse_request(self) -> bool:
+        # a request's own deadline counts from when it arrived (the first one: from the connection's accept)
+        self.received_at = self._accepted_at if self._accepted_at is not None else time.monotonic()
+        self._accepted_at = None
+        return super().parse_request()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
         log.debug("rest %s: " + format, self.address_string(), *args)
 
-    def _send(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload).encode("utf-8")
+    def end_headers(self) -> None:
+        # writes get the whole timeout (the reader shortens the socket's timeout to what is left of a read)
+        self.connection.settimeout(self.server.timeout_seconds)
+        super().end_headers()
+
+    def _send(self, status: int, payload: Any, headers: Optional[dict] = None) -> None:
+        body = json.dumps(payload).encode("utf-8")  # ensure_ascii: lone surrogates come out as \\ud800 escapes
+        if self.server.waiting():
+            self.close_connection = True  # hand this worker to a connection that waits for one
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": message})
+    def _error(self, status: int, message: str, headers: Optional[dict] = None) -> None:
+        self._send(status, {"error": message}, headers)
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own errors (bad request line, unknown method, ...) as TF Serving's JSON errors."""
+        self.close_connection = True
+        if code == 501 and self.command not in (None, "GET", "POST"):
+            self._error(405, "method %s is not allowed; use GET or POST" % self.command[:20], {"Allow": _ALLOWED})
+            return
+        reason = self.responses.get(code, ("error",))[0]
+        self._error(code, "%s: %s" % (reason, message) if message and message != reason else reason)
 
     def _route(self) -> Optional[re.Match]:
         match = _ROUTE.match(self.path.split("?", 1)[0])
@@ -311,16 +437,15 @@ class _Handler(BaseHTTPRequestHandler):
                         % self.path[:200])
         return match
 
-    def _spec(self, match: re.Match) -> Any:
-        return _model_spec(match["name"], match["version"], match["label"])
-
-    def _guarded(self, fn: Any, *args: Any) -> None:
+    def _guarded(self, fn: Any, match: re.Match, *args: Any) -> None:
+        """Answer with ``fn(manager, spec, *args)``: RequestErrors as their HTTP status, anything else 500 (logged once per kind)."""
         try:
-            self._send(200, fn(*args))
+            spec = _model_spec(match["name"], match["version"], match["label"])
+            self._send(200, fn(self.server.manager, spec, *args))
         except RequestError as exc:
             self._error(_HTTP_STATUS.get(exc.code, 500), exc.message)
         except Exception as exc:  # the server answers, whatever went wrong
-            log.exception("REST request %s failed", self.path[:200])
+            log_unexpected(log, exc, "REST %s %s" % (self.command, self.path[:100]))
             self._error(500, "internal error: %s: %s" % (type(exc).__name__, exc))
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
@@ -328,11 +453,11 @@ class _Handler(BaseHTTPRequestHandler):
         if match is None:
             return
         if match["verb"] in (":predict", ":regress", ":classify"):
-            self._error(405, "%s needs POST" % match["verb"])
+            self._error(405, "%s needs POST" % match["verb"], {"Allow": "POST"})
         elif match["verb"] == "/metadata":
-            self._guarded(metadata_json, self.server.manager, self._spec(match))
+            self._guarded(metadata_json, match)
         else:
-            self._guarded(status_json, self.server.manager, self._spec(match))
+            self._guarded(status_json, match)
 
     def do_POST(self) -> None:  # noqa: N802
         body = self._read_body()
@@ -346,66 +471,184 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(501, "classify is not implemented by the tfrec development server")
             return
         if verb not in (":predict", ":regress"):
-            self._error(405, "POST %s: only :predict and :regress accept POST" % self.path[:200])
+            self._error(405, "POST %s: only :predict and :regress accept POST" % self.path[:200], {"Allow": "GET"})
             return
+        payload = self._json(body)
+        if payload is None:
+            return
+        deadline = self._deadline()
+        if deadline is False:
+            return
+        gate = self.server.admission.gate(match["name"], deadline) if self.server.admission else None
+        self._guarded(predict_json if verb == ":predict" else regress_json, match, payload, gate)
+
+    def _json(self, body: bytes) -> Optional[dict]:
+        """The body as a JSON object, or None after answering 400."""
         try:
             payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            self._error(400, "malformed JSON body: %s" % exc)
-            return
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            self._error(400, "malformed JSON body: %s" % str(exc)[:200])
+            return None
+        if not _json_depth_ok(payload):
+            self._error(400, "the JSON body nests deeper than %d levels" % _MAX_JSON_DEPTH)
+            return None
         if not isinstance(payload, dict):
             self._error(400, "the JSON body must be an object, got %s" % _json_type(payload))
-            return
-        handler = predict_json if verb == ":predict" else regress_json
-        self._guarded(handler, self.server.manager, self._spec(match), payload)
+            return None
+        return payload
+
+    def _deadline(self) -> Any:
+        """The request's deadline (time.monotonic()) from X-Request-Timeout, None without one, False after answering 400."""
+        text = self.headers.get(_TIMEOUT_HEADER)
+        if text is None:
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = float("nan")
+        if not 0 < seconds < 1e9:  # also refuses nan and inf
+            self._error(400, "%s must be a number of seconds > 0, got %r" % (_TIMEOUT_HEADER, text[:40]))
+            return False
+        return self.received_at + seconds
 
     def _read_body(self) -> Optional[bytes]:
-        """The request body, or None after answering 411/413 (bodies over the limit are drained, not kept)."""
+        """The request body, or None after answering 408/411/413/415 (bodies over the limit are drained, not kept)."""
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
         length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.strip().isdigit():
+        if length_header is None or not length_header.strip().isdigit() or not length_header.strip().isascii():
             self.close_connection = True
             self._error(411, "a POST needs a Content-Length header")
             return None
-        length = int(length_header)
+        length = int(length_header) if len(length_header.strip()) <= 18 else _DRAIN_LIMIT + 1
         limit = self.server.max_request_bytes
-        if length > limit:
+        try:
+            if length > limit or encoding not in ("", "identity"):
+                self.close_connection = True
+                self._drain(length)
+                if length > limit:
+                    self._error(413, "request body of %d bytes exceeds max_request_bytes=%d" % (length, limit))
+                else:
+                    self._error(415, "Content-Encoding %r is not supported: send the JSON body uncompressed" % encoding[:40])
+                return None
+            body = self.rfile.read(length)
+        except TimeoutError as exc:
             self.close_connection = True
-            if length <= _DRAIN_LIMIT:  # read it so the client sees the answer instead of a reset connection
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 16))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            self._error(413, "request body of %d bytes exceeds max_request_bytes=%d" % (length, limit))
+            self._error(408, "request timed out: %s" % exc)
             return None
-        return self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the client closed its side before sending the whole body
+            return None
+        return body
+
+    def _drain(self, length: int) -> None:
+        """Read and drop a body the server refuses, so the client reads the answer rather than a reset connection."""
+        if length > _DRAIN_LIMIT:
+            return
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HTTPServer(HTTPServer):
+    """An HTTPServer whose connections wait in a bounded queue for a fixed pool of worker threads."""
+
     allow_reuse_address = True  # SO_REUSEADDR: restart right after stop; Linux still refuses a port in use
+    request_queue_size = 1024  # the listen backlog (the kernel caps it at net.core.somaxconn)
 
-    def __init__(self, address: tuple[str, int], manager: ModelManager, max_request_bytes: int) -> None:
+    def __init__(self, address: tuple[str, int], manager: ModelManager, max_request_bytes: int, workers: int,
+                 timeout_seconds: float, admission: Optional[Admission]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.manager = manager
         self.max_request_bytes = max_request_bytes
+        self.timeout_seconds = timeout_seconds
+        self.admission = admission
+        # accepted connections waiting for a worker (an open socket each); beyond this many they are told 503 at once
+        self._pending: queue.Queue = queue.Queue(maxsize=max(_MAX_PENDING, 8 * workers))
         super().__init__(address, _Handler)
+        self._workers = [threading.Thread(target=self._work, name="tfrec-rest-%d" % i, daemon=True) for i in range(workers)]
+        for thread in self._workers:
+            thread.start()
+
+    def waiting(self) -> bool:
+        """Whether accepted connections wait for a worker."""
+        return not self._pending.empty()
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self._pending.put_nowait((request, client_address, time.monotonic()))
+        except queue.Full:
+            _refuse(request, "every connection slot of the server is busy; retry later")
+
+    def _work(self) -> None:
+        while True:
+            item = self._pending.get()
+            if item is None:
+                return
+            request, client_address, accepted_at = item
+            try:
+                self.RequestHandlerClass(request, client_address, self, accepted_at)
+            except Exception as exc:  # a broken connection must not end the worker
+                if not isinstance(exc, (ConnectionError, TimeoutError)):
+                    log_unexpected(log, exc, "REST connection from %s" % (client_address,))
+            finally:
+                self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("REST connection from %s failed", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:  # workers finish their connection (at most timeout_seconds), then stop
+            self._pending.put(None)
+        while True:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+
+
+def _refuse(sock: socket.socket, message: str) -> None:
+    """Answer 503 on a connection no worker can take, without blocking the accepting thread."""
+    body = json.dumps({"error": message}).encode("utf-8")
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n" % len(body)).encode("ascii")
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        # closing with unread request bytes makes the kernel reset the connection, which can discard
+        # the answer before the client reads it: read what has arrived first
+        sock.setblocking(False)
+        for _ in range(16):
+            if not sock.recv(1 << 16):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class RestServer:
     """TF Serving's REST API over a ModelManager, served from a background thread."""
 
-    def __init__(self, manager: ModelManager, host: str, port: int, max_request_bytes: int) -> None:
+    def __init__(self, manager: ModelManager, host: str, port: int, max_request_bytes: int, workers: int = 32,
+                 timeout_seconds: float = 10.0, admission: Optional[Admission] = None) -> None:
+        if int(workers) < 1 or not float(timeout_seconds) > 0:
+            raise ValueError("workers must be >= 1 and timeout_seconds > 0, got %r and %r" % (workers, timeout_seconds))
         try:
-            self._httpd = _HTTPServer((host, port), manager, max_request_bytes)
+            self._httpd = _HTTPServer((host, port), manager, max_request_bytes, int(workers), float(timeout_seconds), admission)
         except OSError as exc:
             raise OSError("cannot bind the REST port %s:%d: %s" % (host, port, exc)) from exc
         self.port = self._httpd.server_address[1]
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "RestServer":
-        """Serve from a daemon thread; returns self."""
+        """Accept connections from a daemon thread; returns self."""
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="tfrec-rest", daemon=True)
         self._thread.start()

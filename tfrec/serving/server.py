@@ -4,21 +4,27 @@ It is explicitly a stand-in for ``tensorflow_model_server`` during development: 
 PredictionService / ModelService and the REST API speak TF Serving's official protos and JSON, load
 the same ``<model>/<version>/`` folders (or a ``models.config``), poll for new versions and swap them
 without a gap (load and warm up the new version, then unload the old; a failing version never
-takes down the one serving). It binds 127.0.0.1 by default and bounds request size, batch size and
-string length; malformed requests get INVALID_ARGUMENT naming the problem, and nothing a request
-does stops the server.
+takes down the one serving). It binds 127.0.0.1 by default and bounds request size, batch size,
+string length and the strings of a request after decoding; malformed requests get INVALID_ARGUMENT
+naming the problem, and nothing a request does stops the server. Overload is shed: each model runs
+a few requests at a time and queues a bounded number more (see :mod:`tfrec.serving.admission`);
+beyond that requests get RESOURCE_EXHAUSTED at once, and a request whose deadline passed before it
+could run gets DEADLINE_EXCEEDED without running.
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from tfrec.serving.admission import Admission
 from tfrec.serving.models import Limits, ModelManager, RequestError
 from tfrec.serving.rest import RestServer
+from tfrec.serving.unexpected import log_unexpected
 
 log = logging.getLogger("tfrec.serving")
 
@@ -29,7 +35,7 @@ def host_port(host: str, port: int) -> str:
 
 
 def _answer(context: Any, handler: Callable[[Any], Any], request: Any) -> Any:
-    """Run a handler; ServingErrors become their gRPC status, anything else INTERNAL (the server stays up)."""
+    """Run a handler; RequestErrors become their gRPC status, anything else INTERNAL (the server stays up)."""
     import grpc
 
     try:
@@ -37,8 +43,14 @@ def _answer(context: Any, handler: Callable[[Any], Any], request: Any) -> Any:
     except RequestError as exc:
         context.abort(grpc.StatusCode[exc.code], exc.message)
     except Exception as exc:  # a bug or a model failure must not take the server down
-        log.exception("request failed")
+        log_unexpected(log, exc, "gRPC %s" % type(request).__name__)
         context.abort(grpc.StatusCode.INTERNAL, "internal error: %s: %s" % (type(exc).__name__, exc))
+
+
+def _deadline(context: Any) -> Optional[float]:
+    """The call's deadline as a time.monotonic() value (None when the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _unimplemented(context: Any, what: str) -> None:
@@ -47,16 +59,18 @@ def _unimplemented(context: Any, what: str) -> None:
     context.abort(grpc.StatusCode.UNIMPLEMENTED, "%s is not implemented by the tfrec development server" % what)
 
 
-def _servicers(manager: ModelManager) -> tuple[Any, Any]:
-    """The PredictionService and ModelService implementations over a manager."""
+def _servicers(manager: ModelManager, admission: Admission) -> tuple[Any, Any]:
+    """The PredictionService and ModelService implementations over a manager (model runs admitted by ``admission``)."""
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
-            return _answer(context, manager.predict, request)
+            gate = admission.gate(request.model_spec.name, _deadline(context))
+            return _answer(context, lambda r: manager.predict(r, gate), request)
 
         def Regress(self, request, context):
-            return _answer(context, manager.regress, request)
+            gate = admission.gate(request.model_spec.name, _deadline(context))
+            return _answer(context, lambda r: manager.regress(r, gate), request)
 
         def GetModelMetadata(self, request, context):
             return _answer(context, manager.metadata, request)
@@ -82,12 +96,17 @@ class DevServer:
 
     ``grpc_port``/``rest_port`` 0 pick free ports (``grpc_address``/``rest_address`` report them);
     ``rest_port=None`` serves gRPC only. ``models`` restricts serving to those model names.
+    ``workers`` gRPC threads are also the most gRPC calls in progress (more get RESOURCE_EXHAUSTED);
+    each model runs ``max_concurrent_executions`` requests at a time and queues ``max_queued_requests``
+    more; ``rest_workers`` threads serve REST connections, which are closed after
+    ``rest_timeout_seconds`` idle or when a request takes longer than that to arrive.
     """
 
     def __init__(self, export_dir: Optional[Path], host: str = "127.0.0.1", grpc_port: int = 8500,
                  rest_port: Optional[int] = 8501, model_config_file: Optional[Path] = None, poll_seconds: float = 2.0,
                  max_request_bytes: int = 4 << 20, max_batch_size: int = 1024, max_string_bytes: int = 64 << 10,
-                 workers: int = 16, models: Optional[Sequence[str]] = None) -> None:
+                 workers: int = 64, models: Optional[Sequence[str]] = None, max_concurrent_executions: int = 4,
+                 max_queued_requests: int = 32, rest_workers: int = 32, rest_timeout_seconds: float = 10.0) -> None:
         for name, value in (("grpc_port", grpc_port), ("rest_port", rest_port)):
             if value is not None and not 0 <= int(value) <= 65535:
                 raise ValueError("%s must be in [0, 65535], got %r" % (name, value))
@@ -95,16 +114,27 @@ class DevServer:
             raise ValueError("poll_seconds must be > 0, got %r" % poll_seconds)
         if int(max_request_bytes) < 1024:
             raise ValueError("max_request_bytes must be >= 1024, got %r" % max_request_bytes)
-        if int(workers) < 1:
-            raise ValueError("workers must be >= 1, got %r" % workers)
+        for name, value in (("workers", workers), ("rest_workers", rest_workers),
+                            ("max_concurrent_executions", max_concurrent_executions)):
+            if int(value) < 1:
+                raise ValueError("%s must be >= 1, got %r" % (name, value))
+        if int(max_queued_requests) < 0:
+            raise ValueError("max_queued_requests must be >= 0, got %r" % max_queued_requests)
+        if not 0 < float(rest_timeout_seconds) <= 3600:
+            raise ValueError("rest_timeout_seconds must be in (0, 3600], got %r" % rest_timeout_seconds)
         self.host = host
         self.poll_seconds = float(poll_seconds)
         self.max_request_bytes = int(max_request_bytes)
         self.workers = int(workers)
+        self.rest_workers = int(rest_workers)
+        self.rest_timeout_seconds = float(rest_timeout_seconds)
+        self.admission = Admission(int(max_concurrent_executions), int(max_queued_requests))
         self._ports = (int(grpc_port), None if rest_port is None else int(rest_port))
         self.manager = ModelManager(export_dir, model_config_file, models,
                                     Limits(max_batch_size=int(max_batch_size), max_string_bytes=int(max_string_bytes),
-                                           max_elements=max(int(max_request_bytes), int(max_batch_size))))
+                                           max_elements=max(int(max_request_bytes), int(max_batch_size)),
+                                           # decoded strings are bounded like the wire bytes: work, not only traffic
+                                           max_total_string_bytes=int(max_request_bytes)))
         self.grpc_address = ""
         self.rest_address = ""
         self._grpc: Any = None
@@ -134,7 +164,8 @@ class DevServer:
                                    % (self.manager.export_dir or "the model config"))
             self._start_grpc()
             if self._ports[1] is not None:
-                self._rest = RestServer(self.manager, self.host, self._ports[1], self.max_request_bytes).start()
+                self._rest = RestServer(self.manager, self.host, self._ports[1], self.max_request_bytes, self.rest_workers,
+                                        self.rest_timeout_seconds, self.admission).start()
                 self.rest_address = host_port(self.host, self._rest.port)
         except BaseException:
             self.stop(grace=0)
@@ -153,9 +184,11 @@ class DevServer:
 
         options = [("grpc.max_receive_message_length", self.max_request_bytes),
                    ("grpc.so_reuseport", 0)]  # a port already taken must fail here, not be shared silently
+        # one thread per call in progress: calls beyond that get RESOURCE_EXHAUSTED at once instead of
+        # waiting in the executor's unbounded queue, where no deadline is looked at
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tfrec-grpc"),
-                             options=options)
-        prediction, model = _servicers(self.manager)
+                             options=options, maximum_concurrent_rpcs=self.workers)
+        prediction, model = _servicers(self.manager, self.admission)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
         address = host_port(self.host, self._ports[0])
