@@ -15,7 +15,7 @@ from tfrec import compat
 from tfrec.lexical import LexicalIndex, LexicalIndexError, LexicalScorer
 from tfrec.lexical.index import MANIFEST_NAME, STOPWORD, UNKNOWN
 from tfrec.lexical.scorer import PAIR_FEATURES, graph_raw_tokens
-from tfrec.lexical.tokens import STOPWORDS, analyze, analyze_all, make_stemmer, raw_tokens
+from tfrec.lexical.tokens import MAX_TEXT_BYTES, STOPWORDS, analyze, analyze_all, make_stemmer, raw_tokens
 
 tf = compat.tensorflow()
 
@@ -166,6 +166,52 @@ def test_pair_bm25_scores_a_title_outside_the_catalog(index, scorer):
         expected += index.idf[term] * tf_count / (tf_count + k1 * (1 - b + b * len(terms) / index.avgdl))
     assert expected > 0
     assert math.isclose(bm25, expected, rel_tol=1e-5)
+
+
+def test_repeated_query_terms_add_again_with_one_posting_gather(index, scorer, real):
+    titles, seen, _ = real
+    word = next(t for q in seen for t in raw_tokens(q) if index.term_id(t) >= 0)
+    queries = ["%s %s drill %s" % (word, word, word), word, " ".join([word] * 5000)]
+    graph = scorer.catalog_scores(tf.constant(queries)).numpy()
+    np.testing.assert_allclose(graph, index.scores(queries, max_query_terms=scorer.max_query_terms), rtol=1e-5, atol=1e-5)
+    # 5,000 repeats are read as the first 32 words: 32 times the single word's score.
+    np.testing.assert_allclose(graph[2], 32 * graph[1], rtol=1e-5, atol=1e-5)
+    assert graph[1].max() > 0
+    rows = np.argsort(-graph[0])[:5]
+    pairs = scorer.pair_features(tf.constant([queries[0]] * 5), tf.constant([titles[r] for r in rows]))
+    np.testing.assert_allclose(pairs["bm25"].numpy(), graph[0, rows], rtol=1e-5, atol=1e-6)
+
+
+def test_a_query_is_read_up_to_max_query_terms_words(index, real):
+    titles, seen, _ = real
+    words = " ".join(seen[:40]).split()
+    long_query = " ".join(words[:60])
+    short = LexicalScorer(index, max_query_terms=5)
+    got = short.catalog_scores(tf.constant([long_query])).numpy()
+    np.testing.assert_allclose(got, index.scores([" ".join(words[:5])]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, index.scores([long_query], max_query_terms=5), rtol=1e-5, atol=1e-6)
+    features = short.pair_features(tf.constant([long_query]), tf.constant([titles[0]]))
+    expected = short.pair_features(tf.constant([" ".join(words[:5])]), tf.constant([titles[0]]))
+    for name in ("bm25", "matched_fraction", "idf_matched_fraction", "query_terms"):
+        assert float(features[name][0]) == pytest.approx(float(expected[name][0]), rel=1e-6), name
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_query_terms"):
+            LexicalScorer(index, max_query_terms=bad)
+
+
+def test_huge_texts_are_read_up_to_their_byte_limits(index, scorer):
+    # A 192 KB title of one repeated word against a 192 KB query: dense [query x title] comparisons
+    # would need 32k x 32k booleans per row; a title is read up to MAX_TEXT_BYTES, a query up to
+    # max_query_bytes and max_query_terms words, in the graph as in the index.
+    huge = " ".join(["drill"] * 32000)
+    features = scorer.pair_features(tf.constant([huge, "drill", "é" * 4000]), tf.constant([huge, huge, "é" * 5000 + " drill"]))
+    assert float(features["title_terms"][0]) == len(index.term_ids(huge)) == MAX_TEXT_BYTES // len("drill ")
+    assert float(features["query_terms"][0]) == 1 and float(features["matched_fraction"][0]) == 1.0
+    np.testing.assert_allclose(features["bm25"][0].numpy(), 32 * features["bm25"][1].numpy(), rtol=1e-5)
+    assert float(features["title_terms"][2]) == 0  # "drill" starts past the first MAX_TEXT_BYTES bytes
+    assert scorer.max_query_bytes == 64 * scorer.max_query_terms
+    ids = scorer.term_ids(tf.constant(["drill " + "é" * 5000, "é" * 5000 + "drill"])).to_list()
+    assert ids == [index.term_ids("drill " + "é" * 5000), index.term_ids("é" * 5000 + "drill")] and ids[1] == []
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ and tensorflow-text, as TF Serving would, and must give the numbers the evaluati
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cli_runs import export_run, in_repository_root, train_run
+from cli_runs import ROOT, export_run, in_repository_root, train_run
 from tfrec.cli.main import main
 
 SLICE = [
@@ -250,3 +251,86 @@ def test_search_pipeline_over_the_dev_server_matches_the_exported_models(exporte
         np.testing.assert_allclose([h.score for h in hits_rest], scores[order], rtol=1e-4, atol=1e-4)
         assert all(h.title == catalog.title(h.item_id) and h.title for h in hits_grpc)
     np.testing.assert_allclose(regressed, [h.score for h in over_grpc[0]], rtol=1e-4, atol=1e-4)
+
+
+# A request within the documented limits must not be able to exhaust the server's memory.
+MEMORY_BOUND_MB = 300
+
+
+def _costliest_word(run_dir) -> str:
+    """The raw word whose BM25 posting list is the longest in the run's lexical index."""
+    from tfrec.lexical import LexicalIndex
+
+    index = LexicalIndex.load(run_dir / "lexical")
+    term = int(np.argmax(np.diff(index.term_offsets)))
+    return min((raw for raw, t in zip(index.raw_tokens, index.raw_to_term) if t == term), key=len)
+
+
+@pytest.mark.parametrize("model", ["search_retrieval", "search_ranker"])
+def test_hostile_requests_to_the_exported_graphs_stay_within_the_memory_bound(run_dir, exported, model):
+    """A 64 KiB query repeating the costliest word, alone and as 1,024 rows, run by the SavedModel itself."""
+    child = ROOT / "tests" / "memory_child.py"
+    word = _costliest_word(run_dir)
+    done = subprocess.run([sys.executable, str(child), str(exported), model, word, "--rows", "1024", "--give-up-mb", "2000"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["query_bytes"] >= 65000
+    for case in ("one_row", "many_rows", "distinct_rows"):
+        assert report[case]["error"] is None, report
+        assert report[case]["growth_mb"] < MEMORY_BOUND_MB, report
+
+
+def test_hostile_requests_to_the_dev_server_stay_within_the_memory_bound(run_dir, exported):
+    """The same query over gRPC, and a [1024] tensor declared over one 64 KiB value, against a served export."""
+    import threading
+    import time
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfrec.serving.grpc_client import GrpcClient
+    from tfrec.serving.process import start_server
+    from tfrec.serving.tensors import to_tensor_proto
+
+    hostile = " ".join([_costliest_word(run_dir)] * 32768)[: 64 * 1024]
+    with start_server(exported, timeout=300) as server, GrpcClient(server.grpc_address, timeout=120, retries=0) as client:
+        statm = "/proc/%d/statm" % server.process.pid
+
+        def rss_mb() -> float:
+            with open(statm) as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+        client.predict("search_retrieval", {"query": ["cordless drill"]})
+        client.predict("search_ranker", {"query": ["drill"], "product_id": ["x"], "title": ["cordless drill"]})
+        before, peak, stop = rss_mb(), [0.0], threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.005):
+                peak[0] = max(peak[0], rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            found = client.predict("search_retrieval", {"query": [hostile]})
+            assert found["product_ids"].shape[0] == 1
+            rows = 16  # 3 x 16 x 64 KiB: within the 4 MiB request limit
+            scores = client.predict("search_ranker", {"query": [hostile] * rows, "product_id": ["x"] * rows, "title": [hostile] * rows})
+            assert scores["score"].shape == (rows,) and np.isfinite(scores["score"]).all()
+            # One string_val declared as shape [1024]: TensorFlow would repeat it 1,024 times.
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "search_retrieval"
+            request.inputs["query"].CopyFrom(to_tensor_proto([hostile]))
+            request.inputs["query"].tensor_shape.dim[0].size = 1024
+            with grpc.insecure_channel(server.grpc_address) as channel:
+                with pytest.raises(grpc.RpcError) as raised:
+                    prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+        finally:
+            stop.set()
+            sampler.join()
+        growth = max(peak[0], rss_mb()) - before
+        print("dev server RSS growth over the hostile requests: %.1f MB" % growth)
+        assert growth < MEMORY_BOUND_MB
+        assert server.alive()
+        assert client.predict("search_retrieval", {"query": ["cordless drill"]})["product_ids"].shape[0] == 1

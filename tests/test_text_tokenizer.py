@@ -248,3 +248,19 @@ def test_config_round_trip(files):
     texts = tf.constant(["Simpson Strong-Tie 12-Gauge Angle"])
     np.testing.assert_array_equal(again(texts)["input_ids"].numpy(), tokenizer(texts)["input_ids"].numpy())
     assert Path(again.vocab_path) == files.vocab
+
+
+def test_long_texts_are_read_up_to_max_text_bytes_with_the_same_ids(files, hf):
+    tokenizer = BertTokenizerLayer(files.vocab, max_length=16)
+    assert tokenizer.max_text_bytes == 16 * 256
+    # 64 KiB texts: the ids are HF's (only the first 14 pieces count), and a multi-byte character
+    # cut in two by the byte limit leaves no stray piece.
+    texts = ["cordless drill " * 4400, "a " * 2047 + "bé" + " drill" * 10000, "x " * 32768]
+    _assert_same(tokenizer(tf.constant(texts)), _hf_encode(hf, texts, 16), texts)
+    small = BertTokenizerLayer(files.vocab, max_length=16, max_text_bytes=10)
+    assert tokenizer.tokenize(tf.constant(["drill bit set"])).to_list() == [[hf.convert_tokens_to_ids(t) for t in ("drill", "bit", "set")]]
+    assert small.tokenize(tf.constant(["drill bit set"])).to_list() == [[hf.convert_tokens_to_ids(t) for t in ("drill", "bit")]]
+    assert small.tokenize(tf.constant(["drill bité"])).to_list() == small.tokenize(tf.constant(["drill bit"])).to_list()
+    assert BertTokenizerLayer.from_config(small.get_config()).max_text_bytes == 10
+    with pytest.raises(ValueError, match="max_text_bytes"):
+        BertTokenizerLayer(files.vocab, max_text_bytes=0)

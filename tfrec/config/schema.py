@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from tfrec.config.quoting import quote_value
+
 # Datasets with a built-in adapter; "search-csv" and "interactions-csv" read your own files.
 BUILTIN_DATASETS = ("homedepot", "amazon-scientific", "movielens-100k")
 DatasetName = Literal["homedepot", "amazon-scientific", "movielens-100k", "search-csv", "interactions-csv"]
@@ -111,7 +113,7 @@ class DataConfig:
     def problems(self) -> list[tuple[str, str]]:
         """List (field, message) for rules that span fields."""
         if self.dataset in ("search-csv", "interactions-csv") and not self.dir:
-            return [("dir", "is required for dataset %r (the folder holding your files)" % self.dataset)]
+            return [("dir", "is required for dataset %s (the folder holding your files)" % quote_value(self.dataset))]
         if self.period > self.periods:
             return [("period", "is %d but there are only %d periods (data.periods)" % (self.period, self.periods))]
         return []
@@ -134,7 +136,9 @@ class TextConfig:
     training: Literal["frozen", "top_layers", "full"] = "frozen"
     trainable_layers: int = _bounded(2, min=1)
     # Where catalog embeddings are cached between runs (keyed by model, tokenizer settings, text).
-    cache_dir: str = "runs/.embedding-cache"
+    # Empty: $TFREC_CACHE_DIR/embeddings, else $XDG_CACHE_HOME/tfrec/embeddings, else
+    # ~/.cache/tfrec/embeddings (shared by runs; never the working directory).
+    cache_dir: Optional[str] = None
     encode_batch_size: int = _bounded(256, min=1)
     # How frozen catalog vectors are computed for the cache: float32 (the exported graph's
     # numbers) or int8 (TFLite dynamic-range; about 2x faster on CPU, cosine >= 0.99 to float32).
@@ -263,6 +267,9 @@ class RetrievalConfig:
     text_training: TextTraining = "full"
     trainable_layers: int = _bounded(2, min=1)
     query_max_length: int = _bounded(16, min=4, max=512)
+    # Words of a query that BM25 and the ranker's lexical features read, in training, evaluation and
+    # the exports; later words are ignored, which bounds the work one served query can cause.
+    query_max_terms: int = _bounded(32, min=1, max=1024)
     epochs: int = _bounded(1, min=0)
     batch_size: int = _bounded(64, min=2)
     learning_rate: float = _bounded(3e-5, min=0.0, exclusive_min=True)  # BERT (warm-up, linear decay)
@@ -387,9 +394,9 @@ class MultitaskConfig:
             return [("rating_weight", "rating_weight and retrieval_weight are both 0: nothing would be trained")]
         for i, pair in enumerate(self.weightings):
             if len(pair) != 2 or min(pair) < 0 or sum(pair) <= 0:
-                return [("weightings", "entry %d must be [rating_weight, retrieval_weight], both >= 0, not both 0; got %r" % (i, pair))]
+                return [("weightings", "entry %d must be [rating_weight, retrieval_weight], both >= 0, not both 0; got %s" % (i, quote_value(pair)))]
         if any(units < 1 for units in self.rating_units):
-            return [("rating_units", "every layer needs >= 1 unit, got %r" % (self.rating_units,))]
+            return [("rating_units", "every layer needs >= 1 unit, got %s" % quote_value(self.rating_units))]
         return []
 
 

@@ -35,12 +35,12 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from tfrec.files import file_sha256, write_bytes_atomic
-from tfrec.lexical.tokens import STOPWORDS, make_stemmer, raw_tokens, suffix_candidates
+from tfrec.lexical.tokens import BYTES_PER_QUERY_WORD, MAX_TEXT_BYTES, STOPWORDS, make_stemmer, raw_tokens, suffix_candidates
 
 UNKNOWN = -1  # a raw token the vocabulary does not know (the in-graph table's default value)
 STOPWORD = -2  # a known raw token that gives no term
@@ -202,16 +202,17 @@ class LexicalIndex:
                     return hit
         return found
 
-    def term_ids(self, text: Union[str, bytes]) -> list[int]:
-        """The term ids of ``text`` in order, repeats kept, stopwords and unknown tokens dropped."""
-        ids = [self.term_id(token) for token in raw_tokens(text)]
+    def term_ids(self, text: Union[str, bytes], max_words: Optional[int] = None, max_bytes: Optional[int] = MAX_TEXT_BYTES) -> list[int]:
+        """The term ids of ``text`` (its first ``max_bytes`` bytes and ``max_words`` raw words) in order, repeats kept, stopwords and unknown tokens dropped."""
+        ids = [self.term_id(token) for token in raw_tokens(text, max_bytes)[:max_words]]
         return [i for i in ids if i >= 0]
 
-    def scores(self, queries: Sequence[Union[str, bytes]]) -> np.ndarray:
-        """BM25 of every query against every catalog document, float32 ``[Q, N]`` (reference implementation)."""
+    def scores(self, queries: Sequence[Union[str, bytes]], max_query_terms: Optional[int] = None) -> np.ndarray:
+        """BM25 of every query (its first ``max_query_terms`` words) against every catalog document, float32 ``[Q, N]`` (reference)."""
         out = np.zeros((len(queries), self.num_docs), np.float32)
         for row, query in enumerate(queries):
-            for term in self.term_ids(query):  # a repeated query term adds again, as in bm25s
+            limit = None if max_query_terms is None else BYTES_PER_QUERY_WORD * max_query_terms
+            for term in self.term_ids(query, max_query_terms, limit):  # a repeated query term adds again, as in bm25s
                 start, end = self.term_offsets[term], self.term_offsets[term + 1]
                 out[row, self.term_docs[start:end]] += self.term_weights[start:end]  # docs unique per term
         return out
@@ -305,4 +306,4 @@ def _check_params(k1: float, b: float) -> None:
 def _raw_tokens_of(text: object, argument: str, row: int) -> list[str]:
     if not isinstance(text, (str, bytes)):
         raise ValueError("%s[%d] must be a string, got %s: %r" % (argument, row, type(text).__name__, text))
-    return raw_tokens(text)
+    return raw_tokens(text, MAX_TEXT_BYTES)

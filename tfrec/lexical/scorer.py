@@ -19,16 +19,21 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.lexical.index import UNKNOWN, LexicalIndex
-from tfrec.lexical.tokens import MIN_CANDIDATE_LENGTH, SUFFIX_RULES
+from tfrec.lexical.tokens import BYTES_PER_QUERY_WORD, MAX_TEXT_BYTES, MIN_CANDIDATE_LENGTH, SUFFIX_RULES
 
 tf = compat.tensorflow()
 
+# Words of a query that lexical scoring reads (stopwords included); later words are ignored, which
+# bounds the work of one query whatever its length. Far above real search queries (a few words).
+DEFAULT_MAX_QUERY_TERMS = 32
 PAIR_FEATURES = ("bm25", "matched_fraction", "idf_matched_fraction", "query_terms", "title_terms", "char_trigram_jaccard")
 
 
-def graph_raw_tokens(texts: Any) -> "tf.RaggedTensor":
+def graph_raw_tokens(texts: Any, max_bytes: Optional[int] = None) -> "tf.RaggedTensor":
     """In-graph :func:`tfrec.lexical.tokens.raw_tokens`: string ``[B]`` -> ragged ``[B, None]`` tokens."""
     texts = tf.ensure_shape(tf.convert_to_tensor(texts, tf.string), [None])
+    if max_bytes is not None:
+        texts = tf.strings.substr(texts, 0, max_bytes)  # a cut character becomes U+FFFD below, a separator
     # Invalid UTF-8 bytes would otherwise survive the regex below glued to their neighbours.
     valid = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace")
     lowered = tf.strings.lower(valid)  # ASCII only, as in tokens.raw_tokens
@@ -59,9 +64,14 @@ class LexicalScorer(tf.keras.layers.Layer):
     Wrap calls in ``tf.function`` for speed; eager calls work but are slow. Not trainable.
     """
 
-    def __init__(self, index: Union[LexicalIndex, str, os.PathLike], **kwargs: Any) -> None:
+    def __init__(self, index: Union[LexicalIndex, str, os.PathLike], max_query_terms: int = DEFAULT_MAX_QUERY_TERMS,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
+        if not isinstance(max_query_terms, int) or isinstance(max_query_terms, bool) or max_query_terms < 1:
+            raise ValueError("max_query_terms must be a positive int, got %r" % (max_query_terms,))
+        self.max_query_terms = max_query_terms
+        self.max_query_bytes = BYTES_PER_QUERY_WORD * max_query_terms
         self._index_dir: Optional[str] = None
         if not isinstance(index, LexicalIndex):
             self._index_dir = os.fspath(index)
@@ -81,11 +91,17 @@ class LexicalScorer(tf.keras.layers.Layer):
         self._term_offsets = tf.Variable(index.term_offsets, trainable=False, name="term_offsets")
         self._term_docs = tf.Variable(index.term_docs.astype(np.int64), trainable=False, name="term_docs")
         self._term_weights = tf.Variable(index.term_weights, trainable=False, name="term_weights")
+        self._vocabulary_size = int(len(index.idf))
         self.built = True  # nothing depends on input shapes; unbuilt layers are only half-exported
 
-    def term_ids(self, texts: Any) -> "tf.RaggedTensor":
-        """Raw strings ``[B]`` -> ragged ``[B, None]`` int32 term ids, stopwords and unknown words dropped."""
-        tokens = graph_raw_tokens(texts)
+    def term_ids(self, texts: Any, max_words: Optional[int] = None, max_bytes: Optional[int] = MAX_TEXT_BYTES) -> "tf.RaggedTensor":
+        """Raw strings ``[B]`` -> ragged ``[B, None]`` int32 term ids, stopwords and unknown words dropped.
+
+        Only the first ``max_bytes`` bytes and ``max_words`` raw words (stopwords included) of each text are read.
+        """
+        tokens = graph_raw_tokens(texts, max_bytes)
+        if max_words is not None:
+            tokens = tokens[:, :max_words]
         ids = self._table.lookup(tokens.flat_values)
         if self._stem:
             ids = self._suffix_fallback(tokens.flat_values, ids)
@@ -106,19 +122,24 @@ class LexicalScorer(tf.keras.layers.Layer):
             found = tf.where(applies & (hit >= 0), hit, found)
         return tf.where(ids == UNKNOWN, found, ids)
 
+    def query_term_ids(self, queries: Any) -> "tf.RaggedTensor":
+        """:meth:`term_ids` of the first :attr:`max_query_terms` words of each query (the words a query is scored by)."""
+        return self.term_ids(queries, max_words=self.max_query_terms, max_bytes=self.max_query_bytes)
+
     def catalog_scores(self, queries: Any) -> "tf.Tensor":
         """BM25 of each query ``[B]`` against every catalog document: float32 ``[B, N]``."""
-        ids = self.term_ids(queries)
+        ids = self.query_term_ids(queries)
         n_rows = ids.nrows(out_type=tf.int64)
-        terms = tf.cast(ids.flat_values, tf.int64)  # a repeated query term adds again, as in bm25s
+        # One posting-list gather per distinct (query, term), weighted by the term's repeats: a
+        # repeated query term adds again, as in bm25s, without gathering its postings again.
+        rows, terms, repeats = _distinct_terms(ids, self._vocabulary_size)
         starts = tf.gather(self._term_offsets, terms)
         postings = tf.ragged.range(starts, tf.gather(self._term_offsets, terms + 1))
         positions = postings.flat_values
-        rows = tf.gather(ids.value_rowids(), postings.value_rowids())
-        segments = rows * self.num_docs + tf.gather(self._term_docs, positions)
-        flat = tf.math.unsorted_segment_sum(
-            tf.gather(self._term_weights, positions), segments, n_rows * self.num_docs
-        )
+        owner = postings.value_rowids()
+        segments = tf.gather(rows, owner) * self.num_docs + tf.gather(self._term_docs, positions)
+        weights = tf.gather(self._term_weights, positions) * tf.gather(tf.cast(repeats, tf.float32), owner)
+        flat = tf.math.unsorted_segment_sum(weights, segments, n_rows * self.num_docs)
         return tf.reshape(flat, [-1, self.num_docs])
 
     def call(self, queries: Any) -> "tf.Tensor":
@@ -144,31 +165,35 @@ class LexicalScorer(tf.keras.layers.Layer):
         queries = tf.convert_to_tensor(queries, tf.string)
         titles = tf.convert_to_tensor(titles, tf.string)
         tf.debugging.assert_equal(tf.shape(queries), tf.shape(titles), message="queries and titles must align")
-        query_ids, title_ids = self.term_ids(queries), self.term_ids(titles)
-        q = query_ids.to_tensor(default_value=-1)  # [B, Lq]
-        t = title_ids.to_tensor(default_value=-2)  # [B, Lt]; pads never equal a query id or pad
-        in_query = q >= 0
-        counts = tf.reduce_sum(tf.cast(q[:, :, None] == t[:, None, :], tf.float32), axis=2)  # tf per query term
+        query_ids, title_ids = self.query_term_ids(queries), self.term_ids(titles)
+        n_rows = tf.shape(queries, out_type=tf.int64)[0]
+        vocabulary = self._vocabulary_size
+        # Sparse (row, term) keys instead of dense [B, query, title] comparisons: the work is
+        # linear in the lengths of both texts, whatever a request sends.
+        rows, terms, repeats = _distinct_terms(query_ids, vocabulary)
+        title_keys = tf.sort(tf.cast(title_ids.value_rowids(), tf.int64) * vocabulary + tf.cast(title_ids.flat_values, tf.int64))
+        keys = rows * vocabulary + terms
+        counts = tf.cast(
+            tf.searchsorted(title_keys, keys, side="right") - tf.searchsorted(title_keys, keys, side="left"), tf.float32
+        )  # each distinct query term's frequency in its title
         title_len = tf.cast(title_ids.row_lengths(), tf.float32)
-        idf = tf.where(in_query, tf.gather(self._idf, tf.maximum(q, 0)), 0.0)
+        idf = tf.gather(self._idf, terms)
         norm = self._k1 * (1.0 - self._b + self._b * title_len / self._avgdl)
-        bm25 = tf.reduce_sum(idf * tf.math.divide_no_nan(counts, counts + norm[:, None]), axis=1)
+        saturation = tf.math.divide_no_nan(counts, counts + tf.gather(norm, rows))
 
-        width = tf.shape(q)[1]
-        earlier = tf.sequence_mask(tf.range(width), width)  # [i, j]: j < i
-        repeated = tf.reduce_any((q[:, :, None] == q[:, None, :]) & earlier[None], axis=2)
-        distinct = tf.cast(in_query & ~repeated, tf.float32)
-        matched = distinct * tf.cast(counts > 0, tf.float32)
-        n_distinct = tf.reduce_sum(distinct, axis=1)
+        def per_row(values: Any) -> Any:
+            return tf.math.unsorted_segment_sum(values, rows, n_rows)
+
+        matched = tf.cast(counts > 0, tf.float32)
+        n_distinct = per_row(tf.ones_like(idf))
         return {
-            "bm25": bm25,
-            "matched_fraction": tf.math.divide_no_nan(tf.reduce_sum(matched, axis=1), n_distinct),
-            "idf_matched_fraction": tf.math.divide_no_nan(
-                tf.reduce_sum(idf * matched, axis=1), tf.reduce_sum(idf * distinct, axis=1)
-            ),
+            "bm25": per_row(tf.cast(repeats, tf.float32) * idf * saturation),  # repeats add again, as in catalog_scores
+            "matched_fraction": tf.math.divide_no_nan(per_row(matched), n_distinct),
+            "idf_matched_fraction": tf.math.divide_no_nan(per_row(idf * matched), per_row(idf)),
             "query_terms": n_distinct,
             "title_terms": title_len,
-            "char_trigram_jaccard": char_trigram_jaccard(queries, titles),
+            "char_trigram_jaccard": char_trigram_jaccard(
+                tf.strings.substr(queries, 0, self.max_query_bytes), tf.strings.substr(titles, 0, MAX_TEXT_BYTES)),
         }
 
     def get_config(self) -> dict:
@@ -180,4 +205,12 @@ class LexicalScorer(tf.keras.layers.Layer):
             )
         config = super().get_config()
         config["index"] = self._index_dir
+        config["max_query_terms"] = self.max_query_terms
         return config
+
+
+def _distinct_terms(ids: "tf.RaggedTensor", vocabulary: int) -> tuple["tf.Tensor", "tf.Tensor", "tf.Tensor"]:
+    """The distinct (row, term) pairs of ragged term ids: (rows int64, terms int64, repeats int32), first occurrence order."""
+    keys = tf.cast(ids.value_rowids(), tf.int64) * vocabulary + tf.cast(ids.flat_values, tf.int64)
+    distinct, _, repeats = tf.unique_with_counts(keys)
+    return distinct // vocabulary, distinct % vocabulary, repeats

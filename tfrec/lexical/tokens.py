@@ -40,13 +40,22 @@ MIN_CANDIDATE_LENGTH = 3
 
 Stem = Callable[[str], str]
 
+# Bytes of a product text that lexical scoring reads, in the index and in the graph: far above real
+# titles, and a bound on the work a served candidate can cause. A query reads
+# BYTES_PER_QUERY_WORD x its word limit (see tfrec.lexical.scorer.DEFAULT_MAX_QUERY_TERMS).
+MAX_TEXT_BYTES = 8192
+BYTES_PER_QUERY_WORD = 64
 
-def raw_tokens(text: Union[str, bytes]) -> list[str]:
-    """Lowercased letter and digit runs of ``text``, stopwords kept (steps 1-3 of the module docstring)."""
+
+def raw_tokens(text: Union[str, bytes], max_bytes: Optional[int] = None) -> list[str]:
+    """Lowercased letter and digit runs of ``text`` (its first ``max_bytes`` UTF-8 bytes), stopwords kept (steps 1-3)."""
+    if not isinstance(text, (str, bytes)):
+        raise TypeError("text must be str or bytes, got %s: %r" % (type(text).__name__, text))
+    if max_bytes is not None and len(text) > max_bytes // 4:
+        raw = text.encode("utf-8", errors="replace") if isinstance(text, str) else text
+        text = raw[:max_bytes]  # a character cut in two becomes U+FFFD below, a separator, as in the graph
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        raise TypeError("text must be str or bytes, got %s: %r" % (type(text).__name__, text))
     return [token.lower() for token in _CASED_PATTERN.findall(text)]
 
 

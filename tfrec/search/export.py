@@ -32,12 +32,17 @@ from tfrec import compat
 from tfrec.search.hybrid import HybridWeights, hybrid_scores
 from tfrec.search.models import build_retrieval, ranker_head, retrieval_model
 from tfrec.serving.service import CATALOG_FILE, RANKER_MODEL as RANKER_NAME, RETRIEVAL_MODEL as RETRIEVAL_NAME
-from tfrec.serving.savedmodel import REGRESS_METHOD, folder_mb, predict_log, regress_log, save_versioned
+from tfrec.serving.bounded import DEFAULT_CHUNK_ROWS, map_row_chunks
+from tfrec.serving.publish import ExportSet
+from tfrec.serving.savedmodel import REGRESS_METHOD, predict_log, regress_log
 
 tf = compat.tensorflow()
 
 RANKER_FEATURES = ("query", "product_id", "title")
+# Ranker rows per pass: each new title is a BERT pass and lexical work over up to 8 KiB of text.
+RANKER_CHUNK_ROWS = 64
 SCANN_DIR = "scann"
+SCANN_NAME = SCANN_DIR + "/" + RETRIEVAL_NAME  # its model folder, relative to the export folder
 # Warm-up queries: typical, empty, and a long one (the tokenizer truncates it).
 WARMUP_QUERIES = ("cordless drill", "", "1/2 in. x 10 ft. copper pipe " * 20)
 
@@ -46,7 +51,8 @@ class RetrievalExport(tf.Module):
     """query strings -> top-K product ids and hybrid scores over the whole catalog."""
 
     def __init__(self, retrieval: Any, zero_encoder: Any, lexical: Any, catalog_dense: np.ndarray,
-                 catalog_zero: np.ndarray, ids: np.ndarray, weights: HybridWeights, k: int) -> None:
+                 catalog_zero: np.ndarray, ids: np.ndarray, weights: HybridWeights, k: int,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
         self.query_encoder = retrieval.query_encoder
         self.zero_encoder = zero_encoder if weights.zero_shot else None
@@ -56,10 +62,16 @@ class RetrievalExport(tf.Module):
         self.ids = tf.Variable(np.asarray(ids).astype(str).astype(object), trainable=False, dtype=tf.string, name="product_ids")
         self.weights = weights
         self.k = int(min(k, len(ids)))
+        # A few [chunk_rows, N] score matrices are alive at once, whatever the request's batch size.
+        self.chunk_rows = chunk_rows
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query")])
     def serve(self, query: Any) -> dict:
         """The serving signature."""
+        ids, scores = map_row_chunks(self._top_k, [query], self.chunk_rows, [(tf.string, [self.k]), (tf.float32, [self.k])])
+        return {"product_ids": ids, "scores": scores}
+
+    def _top_k(self, query: Any) -> tuple[Any, Any]:
         dense = tf.matmul(self.query_encoder(query, training=False), self.catalog_dense, transpose_b=True)
         lexical = self.lexical.catalog_scores(query) if self.lexical is not None else dense
         zero = (
@@ -67,7 +79,7 @@ class RetrievalExport(tf.Module):
             if self.zero_encoder is not None else dense
         )
         top = tf.math.top_k(hybrid_scores(dense, lexical, zero, self.weights), k=self.k)
-        return {"product_ids": tf.gather(self.ids, top.indices), "scores": top.values}
+        return tf.gather(self.ids, top.indices), top.values
 
 
 class RankerExport(tf.Module):
@@ -80,9 +92,11 @@ class RankerExport(tf.Module):
     """
 
     def __init__(self, retrieval: Any, zero_encoder: Any, lexical: Any, head: Any, catalog_dense: Optional[np.ndarray] = None,
-                 catalog_zero: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None) -> None:
+                 catalog_zero: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None,
+                 chunk_rows: int = RANKER_CHUNK_ROWS) -> None:
         super().__init__()
         self.retrieval, self.zero_encoder, self.lexical, self.head = retrieval, zero_encoder, lexical, head
+        self.chunk_rows = chunk_rows
         self.cached = ids is not None
         if self.cached:
             keys = np.asarray(ids).astype(str).astype(object)
@@ -92,9 +106,13 @@ class RankerExport(tf.Module):
             self.catalog_dense = tf.Variable(catalog_dense, trainable=False, name="ranker_catalog_dense")
             self.catalog_zero = tf.Variable(catalog_zero, trainable=False, name="ranker_catalog_zero")
 
-    def _per_query(self, encoder: Any, query: Any) -> Any:
+    def _per_query(self, query: Any) -> tuple[Any, Any]:
+        # Each distinct query is encoded once for the whole request, before the per-row chunks.
         unique, index = tf.unique(query)
-        return tf.gather(encoder(unique, training=False), index)
+        encoders = (self.retrieval.query_encoder, self.zero_encoder)
+        vectors = map_row_chunks(lambda q: [e(q, training=False) for e in encoders], [unique], self.chunk_rows,
+                                 [(tf.float32, [e.output_dim]) for e in encoders])
+        return tuple(tf.gather(v, index) for v in vectors)
 
     def _products(self, product_id: Any, title: Any) -> tuple[Any, Any]:
         if not self.cached:
@@ -122,19 +140,26 @@ class RankerExport(tf.Module):
     ])
     def serve(self, query: Any, product_id: Any, title: Any) -> dict:
         """The serving signature."""
+        # The work of a row grows with its texts (BERT over new titles, lexical features): score a
+        # bounded number of rows at a time, so a request's peak memory does not grow with its batch.
+        query_vector, query_zero = self._per_query(query)
+        inputs = [query, product_id, title, query_vector, query_zero]
+        return {"score": map_row_chunks(self._score, inputs, self.chunk_rows, [(tf.float32, [])])[0]}
+
+    def _score(self, query: Any, product_id: Any, title: Any, query_vector: Any, query_zero: Any) -> list:
         from tfrec.ranking.model import LEXICAL_FEATURES
 
         p, p_zero = self._products(product_id, title)
         lexical = self.lexical.pair_features(query, title)
         inputs = {
-            "query_vector": self._per_query(self.retrieval.query_encoder, query),
+            "query_vector": query_vector,
             "product_vector": p[:, None, :],
-            "query_zero": self._per_query(self.zero_encoder, query),
+            "query_zero": query_zero,
             "product_zero": p_zero[:, None, :],
             "lexical": tf.stack([lexical[name] for name in LEXICAL_FEATURES], axis=-1)[:, None, :],
             "product_id": product_id[:, None],
         }
-        return {"score": self.head(inputs, training=False)[:, 0]}
+        return [self.head(inputs, training=False)[:, 0]]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(self, inputs: Any) -> dict:
@@ -175,8 +200,13 @@ def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
     }
 
 
-def export_search(models: SearchModels, export_dir: Path, version: Optional[int] = None) -> dict[str, dict]:
-    """Write both SavedModels (with warm-up records and the catalog file); returns {name: {"path", "mb"}}."""
+def export_search(models: SearchModels, export_dir: Path, version: Optional[int] = None, run: str = "",
+                  scann: bool = False) -> dict[str, dict]:
+    """Write both SavedModels (and the ScaNN one with ``scann``) as one version, published together.
+
+    Each carries warm-up records (retrieval also the catalog file) and a marker naming ``run``;
+    returns {name: {"path", "mb"}}.
+    """
     retrieval = RetrievalExport(
         models.retrieval, models.zero_encoder, models.lexical, models.catalog_dense, models.catalog_zero,
         models.ids, models.weights, models.top_k,
@@ -185,21 +215,24 @@ def export_search(models: SearchModels, export_dir: Path, version: Optional[int]
                           models.catalog_dense, models.catalog_zero, models.ids, models.titles)
     pairs = _warmup_pairs(models)
     examples = [dict(zip(RANKER_FEATURES, values)) for values in zip(*(pairs[f] for f in RANKER_FEATURES))]
-    out = {}
-    path = save_versioned(
-        retrieval, export_dir, RETRIEVAL_NAME, {"serving_default": retrieval.serve},
-        warmup=[predict_log(RETRIEVAL_NAME, {"query": list(WARMUP_QUERIES)}), predict_log(RETRIEVAL_NAME, {"query": [WARMUP_QUERIES[0]]})],
-        extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles)}, version=version,
-    )
-    out[RETRIEVAL_NAME] = {"path": str(path), "mb": folder_mb(path)}
-    path = save_versioned(
-        ranker, export_dir, RANKER_NAME, {"serving_default": ranker.serve, "regress": ranker.regress},
-        warmup=[predict_log(RANKER_NAME, pairs), predict_log(RANKER_NAME, {k: v[:1] for k, v in pairs.items()}),
-                regress_log(RANKER_NAME, examples)],
-        methods={"regress": REGRESS_METHOD}, version=version,
-    )
-    out[RANKER_NAME] = {"path": str(path), "mb": folder_mb(path)}
-    return out
+    names = [RETRIEVAL_NAME, RANKER_NAME] + ([SCANN_NAME] if scann else [])
+    with ExportSet(export_dir, names, run=run, version=version) as export:
+        export.save(
+            RETRIEVAL_NAME, retrieval, {"serving_default": retrieval.serve},
+            warmup=[predict_log(RETRIEVAL_NAME, {"query": list(WARMUP_QUERIES)}), predict_log(RETRIEVAL_NAME, {"query": [WARMUP_QUERIES[0]]})],
+            extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles)},
+        )
+        export.save(
+            RANKER_NAME, ranker, {"serving_default": ranker.serve, "regress": ranker.regress},
+            warmup=[predict_log(RANKER_NAME, pairs), predict_log(RANKER_NAME, {k: v[:1] for k, v in pairs.items()}),
+                    regress_log(RANKER_NAME, examples)],
+            methods={"regress": REGRESS_METHOD},
+        )
+        if scann:
+            _save_scann(export, models)
+    if scann:
+        _write_scann_readme(Path(export_dir))
+    return export.published
 
 
 class ScannRetrievalExport(tf.Module):
@@ -219,21 +252,29 @@ class ScannRetrievalExport(tf.Module):
         return {"product_ids": product_ids, "scores": scores}
 
 
-def export_scann(models: SearchModels, export_dir: Path, version: Optional[int] = None) -> dict[str, dict]:
-    """Write the optional ScaNN retrieval export under ``<export_dir>/scann/`` (needs a ScaNN-enabled server)."""
+def _save_scann(export: ExportSet, models: SearchModels) -> None:
     module = ScannRetrievalExport(models.retrieval, models.catalog_dense, models.ids, models.top_k)
-    folder = Path(export_dir) / SCANN_DIR
-    path = save_versioned(
-        module, folder, RETRIEVAL_NAME, {"serving_default": module.serve},
+    export.save(
+        SCANN_NAME, module, {"serving_default": module.serve},
         warmup=[predict_log(RETRIEVAL_NAME, {"query": list(WARMUP_QUERIES)})],
-        extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles)}, version=version,
+        extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles)},
         options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]),
     )
-    (folder / "README.txt").write_text(
+
+
+def _write_scann_readme(export_dir: Path) -> None:
+    (export_dir / SCANN_DIR / "README.txt").write_text(
         "These exports use ScaNN ops (Scann>...). Stock TensorFlow Serving cannot load them; serve them with a\n"
         "TF Serving build that links ScaNN's ops, or in Python after `import scann`. Scores are the two-tower\n"
         "score alone (no lexical or zero-shot part), approximate.\n", encoding="utf-8")
-    return {"scann/" + RETRIEVAL_NAME: {"path": str(path), "mb": folder_mb(path)}}
+
+
+def export_scann(models: SearchModels, export_dir: Path, version: Optional[int] = None, run: str = "") -> dict[str, dict]:
+    """Write only the ScaNN retrieval export under ``<export_dir>/scann/`` (needs a ScaNN-enabled server)."""
+    with ExportSet(export_dir, [SCANN_NAME], run=run, version=version) as export:
+        _save_scann(export, models)
+    _write_scann_readme(Path(export_dir))
+    return export.published
 
 
 def load_search_models(run_dir: Path) -> SearchModels:
@@ -278,7 +319,7 @@ def load_search_models(run_dir: Path) -> SearchModels:
     head.lexical_norm.finalize_state()  # Normalization reads its adapted statistics only here
 
     return SearchModels(
-        retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(run_dir / "lexical"), head=head,
+        retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(run_dir / "lexical", max_query_terms=cfg.retrieval.query_max_terms), head=head,
         catalog_dense=catalog_dense, catalog_zero=catalog_zero, ids=ids, titles=titles,
         weights=HybridWeights(**search["hybrid_weights"]), top_k=int(search["top_k"]),
     )

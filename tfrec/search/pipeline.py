@@ -153,7 +153,7 @@ class SearchTrainer:
         with self.timer.stage("lexical index"):
             self.lexical_index = LexicalIndex.build(list(self.titles), list(np.unique(data.train.queries.astype(str))))
             self.lexical_index.save(self.run_dir / "lexical")
-            self.lexical = LexicalScorer(self.lexical_index)
+            self.lexical = LexicalScorer(self.lexical_index, max_query_terms=cfg.retrieval.query_max_terms)
             self.pair_features = tf.function(self.lexical.pair_features, reduce_retracing=True)
 
         with self.timer.stage("zero-shot MiniLM vectors"):

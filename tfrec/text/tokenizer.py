@@ -56,13 +56,18 @@ its fix:
   else both get half and the longer one the odd token. An empty second text still gives
   ``[CLS] a [SEP] [SEP]``, as HF's batched call does (HF's single call drops an empty pair).
 
+Length: only the first ``max_text_bytes`` bytes of a text are read (default 256 per kept token,
+8 KiB at ``max_length=32``), so the work per text is bounded whatever its length; HF reads it all.
+The ids differ only where those bytes hold fewer than ``max_length`` tokens, which takes words of
+hundreds of characters.
+
 ``lowercase=False`` follows HF's cased setting (no NFD, no accent stripping, no lowercasing).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 from tfrec import compat
 from tfrec.text.model_files import ModelFiles
@@ -73,6 +78,9 @@ import tensorflow_text as tf_text  # noqa: E402  (needs TensorFlow loaded in Ker
 PadTo = Literal["max_length", "batch"]
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_CHARS_PER_WORD = 100  # HF WordPiece's max_input_chars_per_word
+# Bytes read per kept token by default (max_text_bytes = this x max_length): real text averages under
+# 8 bytes per WordPiece, so only texts made to be costly (thousands of bytes per token) lose anything.
+BYTES_PER_TOKEN_BOUND = 256
 BATCH_PAD_MULTIPLE = 8  # tensor-core and XLA friendly lengths for pad_to="batch"
 
 # Rust char::is_whitespace; U+000B, U+000C and U+0085 never get here (deleted as controls first).
@@ -141,6 +149,7 @@ class BertTokenizerLayer(tf.keras.layers.Layer):
         max_length: int = 32,
         pad_to: PadTo = "max_length",
         max_chars_per_word: int = MAX_CHARS_PER_WORD,
+        max_text_bytes: Optional[int] = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -150,6 +159,11 @@ class BertTokenizerLayer(tf.keras.layers.Layer):
             raise ValueError("max_length must be an int >= 3 (room for [CLS] a [SEP] b [SEP]), got %r" % (max_length,))
         if max_chars_per_word < 1:
             raise ValueError("max_chars_per_word must be >= 1, got %r" % (max_chars_per_word,))
+        if max_text_bytes is None:
+            max_text_bytes = BYTES_PER_TOKEN_BOUND * max_length
+        if not isinstance(max_text_bytes, int) or max_text_bytes < 1:
+            raise ValueError("max_text_bytes must be a positive int, got %r" % (max_text_bytes,))
+        self.max_text_bytes = max_text_bytes
         self.vocab_path = str(vocab_path)
         self.lowercase = bool(lowercase)
         self.max_length = max_length
@@ -196,6 +210,7 @@ class BertTokenizerLayer(tf.keras.layers.Layer):
             max_length=self.max_length,
             pad_to=self.pad_to,
             max_chars_per_word=self.max_chars_per_word,
+            max_text_bytes=self.max_text_bytes,
         )
         return config
 
@@ -208,8 +223,12 @@ class BertTokenizerLayer(tf.keras.layers.Layer):
         return self._single(inputs)
 
     def tokenize(self, texts: Any) -> tf.RaggedTensor:
-        """WordPiece ids of each text, without special tokens or truncation: int32 [B, (n)]."""
+        """WordPiece ids of each text's first ``max_text_bytes`` bytes, without special tokens or truncation: int32 [B, (n)]."""
         texts = _as_text_vector(texts)
+        # Only the first max_length pieces are kept, so reading far past them is wasted work that a
+        # hostile request could make unbounded; a character cut in two becomes U+FFFD below, which
+        # clean-text deletes.
+        texts = tf.strings.substr(texts, 0, self.max_text_bytes)
         texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
         # regex_split stops at a NUL byte; U+0001 is deleted by clean-text just like NUL, and still
         # breaks a special-token literal such as "[CL\x00S]" as NUL does in HF.
