@@ -90,6 +90,13 @@ def test_export_serves_the_model_the_evaluation_used(run_dir, exported):
     expected = data.catalog.ids[np.argsort(-scores, axis=1, kind="stable")[:, :5]].astype(str)
     np.testing.assert_array_equal(served["item_ids"].numpy()[:, :5].astype(str), expected)
     assert served["item_ids"].shape == (3, 20)
+    # Past one chunk of rows the batch is scored in steps, with the same answers.
+    many = tf.saved_model.load(str(exported / "recommender" / "1")).signatures["serving_default"](history=tf.constant(np.tile(ids, (25, 1))))
+    np.testing.assert_array_equal(many["item_ids"].numpy(), np.tile(served["item_ids"].numpy(), (25, 1)))
+    np.testing.assert_allclose(many["scores"].numpy(), np.tile(served["scores"].numpy(), (25, 1)), rtol=1e-5, atol=1e-6)
+    similar = tf.saved_model.load(str(exported / "similar_items" / "1")).signatures["serving_default"]
+    items = tf.constant(np.resize(data.catalog.ids[:7].astype(str), 75))
+    np.testing.assert_array_equal(similar(item_id=items)["item_ids"].numpy(), similar(item_id=items[:7])["item_ids"].numpy()[np.arange(75) % 7])
 
 
 def test_export_meets_the_tf_serving_contract(exported, capsys):
@@ -140,6 +147,8 @@ def test_movielens_sequential_exports_movie_ids_and_leaves_out_the_history(tmp_p
     history = ["50", "172", "181"]  # Star Wars and its two sequels, by MovieLens movie id
     ids = serve(history=tf.constant([history + [""]]))["item_ids"].numpy()[0].astype(str)
     assert len(ids) == 10 and not set(history) & set(ids)
+    many = serve(history=tf.constant([history + [""]] * 40 + [["1", "2", "3", "4"]]))["item_ids"].numpy().astype(str)
+    assert all(row.tolist() == ids.tolist() for row in many[:40]) and not {"1", "2", "3", "4"} & set(many[40])
     assert all(i.isdigit() and 1 <= int(i) <= 1682 for i in ids)
 
 

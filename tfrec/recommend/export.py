@@ -24,6 +24,7 @@ import numpy as np
 from tfrec import compat
 from tfrec.recommend.model import SequentialRecommender, pad_front
 from tfrec.search.export import catalog_json
+from tfrec.serving.bounded import DEFAULT_CHUNK_ROWS, map_row_chunks
 from tfrec.serving.publish import ExportSet
 from tfrec.serving.savedmodel import predict_log
 from tfrec.serving.service import CATALOG_FILE, RECOMMENDER_MODEL, SIMILAR_MODEL
@@ -52,14 +53,22 @@ class RecommenderExport(_ModelParts):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history: Any) -> dict:
         """The serving signature."""
+        # Each row scores the whole catalog: a bounded number of rows at a time bounds a request's memory.
+        ids, scores = map_row_chunks(self._top_k, [history], DEFAULT_CHUNK_ROWS, [(tf.string, [self.k]), (tf.float32, [self.k])])
+        return {"item_ids": ids, "scores": scores}
+
+    def _top_k(self, history: Any) -> tuple[Any, Any]:
         rows = pad_front(self.model.rows_of(history), self.model.max_history)
         users = self.model.user_vectors(rows, training=False, catalog=self.items)  # item vectors precomputed at export
         scores = tf.matmul(users, self.items, transpose_b=True)
         if self.exclude_history:
-            seen = tf.reduce_any(tf.equal(tf.range(self.model.n_items)[None, None, :], rows[:, :, None]), axis=1)
-            scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0), scores)  # below any cosine
+            known = rows >= 0
+            owner = tf.broadcast_to(tf.range(tf.shape(rows)[0])[:, None], tf.shape(rows))
+            seen = tf.stack([tf.boolean_mask(owner, known), tf.boolean_mask(rows, known)], axis=1)
+            # One update per history item, below any cosine.
+            scores = tf.tensor_scatter_nd_update(scores, seen, tf.fill(tf.shape(seen)[:1], -3.0))
         top = tf.math.top_k(scores, k=self.k)
-        return {"item_ids": tf.gather(self.model.item_ids, top.indices), "scores": top.values}
+        return tf.gather(self.model.item_ids, top.indices), top.values
 
 
 class SimilarItemsExport(_ModelParts):
@@ -74,13 +83,17 @@ class SimilarItemsExport(_ModelParts):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")])
     def serve(self, item_id: Any) -> dict:
         """The serving signature."""
+        ids, scores = map_row_chunks(self._top_k, [item_id], DEFAULT_CHUNK_ROWS, [(tf.string, [self.k]), (tf.float32, [self.k])])
+        return {"item_ids": ids, "scores": scores}
+
+    def _top_k(self, item_id: Any) -> tuple[Any, Any]:
         rows = self.model.rows_of(item_id)
         known = rows >= 0
         scores = tf.matmul(tf.gather(self.items, tf.maximum(rows, 0)), self.items, transpose_b=True)
         itself = tf.equal(tf.range(self.model.n_items)[None, :], rows[:, None])
         top = tf.math.top_k(tf.where(itself, tf.fill(tf.shape(scores), -3.0), scores), k=self.k)
         ids = tf.where(known[:, None], tf.gather(self.model.item_ids, top.indices), tf.fill(tf.shape(top.indices), ""))
-        return {"item_ids": ids, "scores": tf.where(known[:, None], top.values, tf.zeros_like(top.values))}
+        return ids, tf.where(known[:, None], top.values, tf.zeros_like(top.values))
 
 
 def export_recommendation(model: SequentialRecommender, titles: np.ndarray, export_dir: Path, *, k: int,
