@@ -4,7 +4,8 @@ A served request may carry up to the server's batch limit of rows (TF Serving ha
 default), and some of the work per row is proportional to the catalog (a ``[rows, N]`` score
 matrix per component) or to a BERT pass. Running the batch through a ``tf.while_loop`` of
 ``rows``-row chunks, one chunk at a time, keeps the peak memory of a request at what one chunk
-needs, whatever the batch size; results are identical to one pass over the whole batch.
+needs, whatever the batch size; the results are those of one pass over the whole batch. A batch
+that fits one chunk (the common request) runs without the loop.
 """
 from __future__ import annotations
 
