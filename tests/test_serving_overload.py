@@ -324,9 +324,10 @@ def test_model_queue_runs_in_order_sheds_beyond_its_bound_and_drops_expired_requ
 def test_unexpected_errors_are_logged_with_a_traceback_once_per_kind(caplog):
     import logging
 
-    from tfrec.serving.unexpected import log_unexpected
+    from tfrec.serving.unexpected import UnexpectedErrors
 
     logger = logging.getLogger("tfrec.serving.test-once")
+    errors = UnexpectedErrors(logger)
 
     def fail(value: str) -> None:
         raise KeyError(value)
@@ -336,11 +337,11 @@ def test_unexpected_errors_are_logged_with_a_traceback_once_per_kind(caplog):
             try:
                 fail("request %d" % i)
             except KeyError as exc:
-                log_unexpected(logger, exc, "a request")
+                errors.report(exc, "a request")
         try:
             {}["elsewhere"]
         except KeyError as exc:
-            log_unexpected(logger, exc, "a request")
+            errors.report(exc, "a request")
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2 and all(r.exc_info for r in errors)  # one per (type, line), with the traceback
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 49

@@ -40,7 +40,7 @@ from tfrec import compat
 from tfrec.serving.admission import Admission
 from tfrec.serving.models import DEFAULT_SIGNATURE, ModelManager, RequestError, dtype_name, invalid, run_predict, run_regress
 from tfrec.serving.tensors import make_example, to_tensor_proto
-from tfrec.serving.unexpected import log_unexpected
+from tfrec.serving.unexpected import UnexpectedErrors
 
 tf = compat.tensorflow()
 
@@ -445,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as exc:
             self._error(_HTTP_STATUS.get(exc.code, 500), exc.message)
         except Exception as exc:  # the server answers, whatever went wrong
-            log_unexpected(log, exc, "REST %s %s" % (self.command, self.path[:100]))
+            self.server.errors.report(exc, "REST %s %s" % (self.command, self.path[:100]))
             self._error(500, "internal error: %s: %s" % (type(exc).__name__, exc))
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
@@ -559,12 +559,13 @@ class _HTTPServer(HTTPServer):
     request_queue_size = 1024  # the listen backlog (the kernel caps it at net.core.somaxconn)
 
     def __init__(self, address: tuple[str, int], manager: ModelManager, max_request_bytes: int, workers: int,
-                 timeout_seconds: float, admission: Optional[Admission]) -> None:
+                 timeout_seconds: float, admission: Optional[Admission], errors: UnexpectedErrors) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.manager = manager
         self.max_request_bytes = max_request_bytes
         self.timeout_seconds = timeout_seconds
         self.admission = admission
+        self.errors = errors
         # accepted connections waiting for a worker (an open socket each); beyond this many they are told 503 at once
         self._pending: queue.Queue = queue.Queue(maxsize=max(_MAX_PENDING, 8 * workers))
         super().__init__(address, _Handler)
@@ -592,7 +593,7 @@ class _HTTPServer(HTTPServer):
                 self.RequestHandlerClass(request, client_address, self, accepted_at)
             except Exception as exc:  # a broken connection must not end the worker
                 if not isinstance(exc, (ConnectionError, TimeoutError)):
-                    log_unexpected(log, exc, "REST connection from %s" % (client_address,))
+                    self.errors.report(exc, "REST connection from %s" % (client_address,))
             finally:
                 self.shutdown_request(request)
 
@@ -637,11 +638,13 @@ class RestServer:
     """TF Serving's REST API over a ModelManager, served from a background thread."""
 
     def __init__(self, manager: ModelManager, host: str, port: int, max_request_bytes: int, workers: int = 32,
-                 timeout_seconds: float = 10.0, admission: Optional[Admission] = None) -> None:
+                 timeout_seconds: float = 10.0, admission: Optional[Admission] = None,
+                 errors: Optional[UnexpectedErrors] = None) -> None:
         if int(workers) < 1 or not float(timeout_seconds) > 0:
             raise ValueError("workers must be >= 1 and timeout_seconds > 0, got %r and %r" % (workers, timeout_seconds))
         try:
-            self._httpd = _HTTPServer((host, port), manager, max_request_bytes, int(workers), float(timeout_seconds), admission)
+            self._httpd = _HTTPServer((host, port), manager, max_request_bytes, int(workers), float(timeout_seconds), admission,
+                                      errors or UnexpectedErrors(log))
         except OSError as exc:
             raise OSError("cannot bind the REST port %s:%d: %s" % (host, port, exc)) from exc
         self.port = self._httpd.server_address[1]

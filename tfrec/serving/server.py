@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from tfrec.serving.admission import Admission
 from tfrec.serving.models import Limits, ModelManager, RequestError
 from tfrec.serving.rest import RestServer
-from tfrec.serving.unexpected import log_unexpected
+from tfrec.serving.unexpected import UnexpectedErrors
 
 log = logging.getLogger("tfrec.serving")
 
@@ -34,7 +34,7 @@ def host_port(host: str, port: int) -> str:
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
-def _answer(context: Any, handler: Callable[[Any], Any], request: Any) -> Any:
+def _answer(context: Any, handler: Callable[[Any], Any], request: Any, errors: UnexpectedErrors) -> Any:
     """Run a handler; RequestErrors become their gRPC status, anything else INTERNAL (the server stays up)."""
     import grpc
 
@@ -43,7 +43,7 @@ def _answer(context: Any, handler: Callable[[Any], Any], request: Any) -> Any:
     except RequestError as exc:
         context.abort(grpc.StatusCode[exc.code], exc.message)
     except Exception as exc:  # a bug or a model failure must not take the server down
-        log_unexpected(log, exc, "gRPC %s" % type(request).__name__)
+        errors.report(exc, "gRPC %s" % type(request).__name__)
         context.abort(grpc.StatusCode.INTERNAL, "internal error: %s: %s" % (type(exc).__name__, exc))
 
 
@@ -59,21 +59,21 @@ def _unimplemented(context: Any, what: str) -> None:
     context.abort(grpc.StatusCode.UNIMPLEMENTED, "%s is not implemented by the tfrec development server" % what)
 
 
-def _servicers(manager: ModelManager, admission: Admission) -> tuple[Any, Any]:
+def _servicers(manager: ModelManager, admission: Admission, errors: UnexpectedErrors) -> tuple[Any, Any]:
     """The PredictionService and ModelService implementations over a manager (model runs admitted by ``admission``)."""
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             gate = admission.gate(request.model_spec.name, _deadline(context))
-            return _answer(context, lambda r: manager.predict(r, gate), request)
+            return _answer(context, lambda r: manager.predict(r, gate), request, errors)
 
         def Regress(self, request, context):
             gate = admission.gate(request.model_spec.name, _deadline(context))
-            return _answer(context, lambda r: manager.regress(r, gate), request)
+            return _answer(context, lambda r: manager.regress(r, gate), request, errors)
 
         def GetModelMetadata(self, request, context):
-            return _answer(context, manager.metadata, request)
+            return _answer(context, manager.metadata, request, errors)
 
         def Classify(self, request, context):
             _unimplemented(context, "Classify (the exports have no classification signatures)")
@@ -83,7 +83,7 @@ def _servicers(manager: ModelManager, admission: Admission) -> tuple[Any, Any]:
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         def GetModelStatus(self, request, context):
-            return _answer(context, manager.model_status, request)
+            return _answer(context, manager.model_status, request, errors)
 
         def HandleReloadConfigRequest(self, request, context):
             _unimplemented(context, "HandleReloadConfigRequest (restart the server with another --model-config-file)")
@@ -129,6 +129,7 @@ class DevServer:
         self.rest_workers = int(rest_workers)
         self.rest_timeout_seconds = float(rest_timeout_seconds)
         self.admission = Admission(int(max_concurrent_executions), int(max_queued_requests))
+        self.errors = UnexpectedErrors(log)  # one traceback per kind of unexpected error, for gRPC and REST
         self._ports = (int(grpc_port), None if rest_port is None else int(rest_port))
         self.manager = ModelManager(export_dir, model_config_file, models,
                                     Limits(max_batch_size=int(max_batch_size), max_string_bytes=int(max_string_bytes),
@@ -165,7 +166,7 @@ class DevServer:
             self._start_grpc()
             if self._ports[1] is not None:
                 self._rest = RestServer(self.manager, self.host, self._ports[1], self.max_request_bytes, self.rest_workers,
-                                        self.rest_timeout_seconds, self.admission).start()
+                                        self.rest_timeout_seconds, self.admission, self.errors).start()
                 self.rest_address = host_port(self.host, self._rest.port)
         except BaseException:
             self.stop(grace=0)
@@ -188,7 +189,7 @@ class DevServer:
         # waiting in the executor's unbounded queue, where no deadline is looked at
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tfrec-grpc"),
                              options=options, maximum_concurrent_rpcs=self.workers)
-        prediction, model = _servicers(self.manager, self.admission)
+        prediction, model = _servicers(self.manager, self.admission, self.errors)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
         address = host_port(self.host, self._ports[0])

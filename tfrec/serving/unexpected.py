@@ -11,8 +11,6 @@ import threading
 import traceback
 
 _MAX_KINDS = 1024  # past this many distinct kinds, new ones are counted under one key
-_seen: dict[tuple[str, str], int] = {}
-_lock = threading.Lock()
 
 
 def error_kind(exc: BaseException) -> tuple[str, str]:
@@ -22,14 +20,22 @@ def error_kind(exc: BaseException) -> tuple[str, str]:
     return type(exc).__qualname__, where
 
 
-def log_unexpected(log: logging.Logger, exc: BaseException, what: str) -> None:
-    """Log ``exc`` (raised while doing ``what``): with its traceback the first time its kind is seen."""
-    kind = error_kind(exc)
-    with _lock:
-        if kind not in _seen and len(_seen) >= _MAX_KINDS:
-            kind = ("(other)", "?")
-        count = _seen[kind] = _seen.get(kind, 0) + 1
-    if count == 1:
-        log.error("%s: %s: %s (at %s; logged once, repeats at DEBUG)", what, kind[0], exc, kind[1], exc_info=exc)
-    else:
-        log.debug("%s: %s: %s (at %s; %d times so far)", what, kind[0], exc, kind[1], count)
+class UnexpectedErrors:
+    """Counts unexpected errors by kind for one server and logs each kind's traceback once."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._seen: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def report(self, exc: BaseException, what: str) -> None:
+        """Log ``exc`` (raised while doing ``what``): with its traceback the first time its kind is seen."""
+        kind = error_kind(exc)
+        with self._lock:
+            if kind not in self._seen and len(self._seen) >= _MAX_KINDS:
+                kind = ("(other)", "?")
+            count = self._seen[kind] = self._seen.get(kind, 0) + 1
+        if count == 1:
+            self.log.error("%s: %s: %s (at %s; logged once, repeats at DEBUG)", what, kind[0], exc, kind[1], exc_info=exc)
+        else:
+            self.log.debug("%s: %s: %s (at %s; %d times so far)", what, kind[0], exc, kind[1], count)
