@@ -112,12 +112,6 @@ def version_runs(export_dir: Path) -> dict[str, dict[int, str]]:
     return out
 
 
-def _next_version(model_dir: Path) -> int:
-    if not model_dir.is_dir():
-        return 1
-    return max([int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()], default=0) + 1
-
-
 class ExportSet:
     """Writes several models under one version number and publishes them together (a ``with`` block)."""
 
@@ -137,6 +131,8 @@ class ExportSet:
         self._publishing = False
 
     def __enter__(self) -> "ExportSet":
+        from tfrec.serving.savedmodel import next_version
+
         started = time.time()
         self.export_dir.mkdir(parents=True, exist_ok=True)
         self._acquire()
@@ -145,7 +141,7 @@ class ExportSet:
             for folder in stale_temporary_folders(self.export_dir, started):
                 log.warning("removing %s, left by an export that did not finish", folder)
                 shutil.rmtree(folder, ignore_errors=True)
-            self.version = self.requested or max(_next_version(self.export_dir / n) for n in self.names)
+            self.version = self.requested or max(next_version(self.export_dir / n) for n in self.names)
             if self.version < 1:
                 raise ValueError("versions are positive integers, got %d" % self.version)
             for name in self.names:
