@@ -41,8 +41,8 @@ setup(
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration; import-linter: the layering test.
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "import-linter==2.17", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["tfrec=tfrec.cli.main:main"]},
     classifiers=[

@@ -22,7 +22,8 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.serving.publish import ExportSet
-from tfrec.serving.savedmodel import REGRESS_METHOD, next_version, predict_log, regress_log, save_versioned
+from tfrec.serving.publish import save_versioned
+from tfrec.serving.savedmodel import REGRESS_METHOD, next_version, predict_log, regress_log
 
 tf = compat.tensorflow()
 

@@ -81,8 +81,8 @@ def test_errors_are_one_line_and_nonzero(capsys, in_repo, tmp_path):
     code, out, err = run_cli(capsys, "train", "--config", str(tmp_path / "nope.yaml"))
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("tfrec train: error: ") and "nope.yaml: config file not found" in err
-    code, _, err = run_cli(capsys, "data", "validate", "--set", "train.batch_size=-1")
-    assert code == 1 and "--set train.batch_size=-1: train.batch_size: must be >= 1, got -1" in err
+    code, _, err = run_cli(capsys, "data", "validate", "--set", "retrieval.batch_size=-1")
+    assert code == 1 and "--set retrieval.batch_size=-1: retrieval.batch_size: must be >= 2, got -1" in err
     assert err.count("\n") == 1
 
 
@@ -144,6 +144,9 @@ def test_console_script_in_a_subprocess(in_repo, homedepot_slice, tmp_path):
     done = subprocess.run([*command, "train", *slice_args(homedepot_slice, tmp_path / "runs")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith("run_dir: ")
+    # Progress is tfrec's log, on stderr as [<stage>] lines; stdout holds the results only.
+    assert not [line for line in done.stdout.splitlines() if line.startswith("[")], done.stdout
+    assert "[api] run directory " in done.stderr and "[search] " in done.stderr
     version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
     assert version.returncode == 0 and version.stdout.startswith("tfrec ")
 

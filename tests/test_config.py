@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tfrec.config import Config, ConfigError, dump_config, load_config, save_config
+from tfrec.config import Config, ConfigError, config_to_dict, dump_config, load_config, save_config
+from tfrec.config.schema import REMOVED_KEYS, REMOVED_VALUES
 from tfrec.data import load_data
 
 
@@ -17,43 +19,43 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_without_a_file(in_repo, shared_datasets):
     """With no file the schema defaults apply and the data dir resolves to ../shared/datasets."""
     loaded = load_config(None)
-    assert loaded.config.train.batch_size == 256
+    assert loaded.config.retrieval.batch_size == 64
     assert loaded.config.data.dataset == "homedepot"
     assert Path(loaded.config.data.dir) == (shared_datasets / "homedepot").resolve()
 
 
 def test_layers_defaults_file_extends_overrides(in_repo, tmp_path):
     """A file overrides defaults, a file it extends sits below it, --set overrides both."""
-    write(tmp_path / "base.yaml", "train:\n  batch_size: 32\n  epochs: 3\nranking:\n  list_size: 8\n")
-    child = write(tmp_path / "child.yaml", "extends: base.yaml\ntrain:\n  epochs: 5\n")
+    write(tmp_path / "base.yaml", "retrieval:\n  batch_size: 32\n  epochs: 3\nranking:\n  list_size: 8\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\nretrieval:\n  epochs: 5\n")
     loaded = load_config(child, ["ranking.list_size=12", "evaluation.ks=[5, 10]"])
     cfg = loaded.config
-    assert (cfg.train.batch_size, cfg.train.epochs, cfg.ranking.list_size) == (32, 5, 12)
+    assert (cfg.retrieval.batch_size, cfg.retrieval.epochs, cfg.ranking.list_size) == (32, 5, 12)
     assert cfg.evaluation.ks == [5, 10]
-    assert cfg.train.learning_rate == pytest.approx(1e-3)  # untouched default
-    assert loaded.sources["train.batch_size"] == str(tmp_path / "base.yaml")
-    assert loaded.sources["train.epochs"] == str(child)
+    assert cfg.retrieval.learning_rate == pytest.approx(3e-5)  # untouched default
+    assert loaded.sources["retrieval.batch_size"] == str(tmp_path / "base.yaml")
+    assert loaded.sources["retrieval.epochs"] == str(child)
     assert loaded.sources["ranking.list_size"] == "--set ranking.list_size=12"
 
 
 def test_int_accepted_for_float_and_list_replaced(in_repo, tmp_path):
     """YAML ints are valid floats; a list in a later layer replaces the earlier list."""
-    path = write(tmp_path / "c.yaml", "train:\n  learning_rate: 1\nevaluation:\n  ks: [1, 2]\n")
+    path = write(tmp_path / "c.yaml", "ranking:\n  learning_rate: 1\nevaluation:\n  ks: [1, 2]\n")
     cfg = load_config(path, ["evaluation.ks=[3]"]).config
-    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.ranking.learning_rate == 1.0 and isinstance(cfg.ranking.learning_rate, float)
     assert cfg.evaluation.ks == [3]
 
 
 @pytest.mark.parametrize(
     "text, key, fragment",
     [
-        ("train:\n  bach_size: 3\n", "train.bach_size", "did you mean 'batch_size'"),
-        ("trian:\n  batch_size: 3\n", "trian", "unknown key"),
-        ("train:\n  batch_size: -4\n", "train.batch_size", "must be >= 1, got -4"),
-        ("train:\n  batch_size: 3.5\n", "train.batch_size", "expected int, got 3.5"),
-        ("train:\n  batch_size: true\n", "train.batch_size", "expected int, got True"),
-        ("train:\n  learning_rate: 0\n", "train.learning_rate", "must be > 0.0"),
-        ("train:\n  learning_rate: fast\n", "train.learning_rate", "expected float"),
+        ("retrieval:\n  bach_size: 3\n", "retrieval.bach_size", "did you mean 'batch_size'"),
+        ("retreival:\n  batch_size: 3\n", "retreival", "unknown key"),
+        ("retrieval:\n  batch_size: -4\n", "retrieval.batch_size", "must be >= 2, got -4"),
+        ("retrieval:\n  batch_size: 3.5\n", "retrieval.batch_size", "expected int, got 3.5"),
+        ("retrieval:\n  batch_size: true\n", "retrieval.batch_size", "expected int, got True"),
+        ("ranking:\n  learning_rate: 0\n", "ranking.learning_rate", "must be > 0.0"),
+        ("ranking:\n  learning_rate: fast\n", "ranking.learning_rate", "expected float"),
         ("data:\n  strict: 1\n", "data.strict", "expected bool"),
         ("data:\n  dataset: imagenet\n", "data.dataset", "expected one of 'homedepot'"),
         ("evaluation:\n  ks: 10\n", "evaluation.ks", "expected a list of int"),
@@ -78,10 +80,10 @@ def test_bad_values_name_key_and_file(in_repo, tmp_path, text, key, fragment):
 
 def test_override_errors_name_the_override(in_repo):
     """A bad --set names the override, not the file."""
-    with pytest.raises(ConfigError, match=r"^--set train.batch_size=-1: train.batch_size: must be >= 1"):
-        load_config("configs/default.yaml", ["train.batch_size=-1"])
+    with pytest.raises(ConfigError, match=r"^--set retrieval.batch_size=-1: retrieval.batch_size: must be >= 2"):
+        load_config("configs/default.yaml", ["retrieval.batch_size=-1"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        load_config("configs/default.yaml", ["train.batch_size"])
+        load_config("configs/default.yaml", ["retrieval.batch_size"])
 
 
 def test_broken_files(in_repo, tmp_path):
@@ -89,7 +91,7 @@ def test_broken_files(in_repo, tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line \d+, column \d+"):
-        load_config(write(tmp_path / "bad.yaml", "train:\n  batch_size: [1\n"))
+        load_config(write(tmp_path / "bad.yaml", "retrieval:\n  batch_size: [1\n"))
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_config(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
     (tmp_path / "latin.yaml").write_bytes(b"run:\n  name: caf\xe9\n")
@@ -153,11 +155,11 @@ def test_k_larger_than_catalog(in_repo, homedepot_slice, tmp_path):
 
 def test_saved_config_round_trips(in_repo, tmp_path):
     """The saved resolved config loads back to an equal config, and names its layers."""
-    loaded = load_config("configs/amazon_scientific.yaml", ["train.batch_size=64"])
+    loaded = load_config("configs/amazon_scientific.yaml", ["recommendation.batch_size=64"])
     saved = save_config(loaded, tmp_path / "config.yaml")
     text = saved.read_text(encoding="utf-8")
     assert text.startswith("# Resolved tfrec")
-    assert "configs/amazon_scientific.yaml" in text and "--set train.batch_size=64" in text
+    assert "configs/amazon_scientific.yaml" in text and "--set recommendation.batch_size=64" in text
     again = load_config(saved)
     assert again.config == loaded.config
     assert isinstance(again.config, Config)
@@ -171,3 +173,52 @@ def test_shipped_configs_load(in_repo, shared_datasets):
     for path in paths:
         loaded = load_config(path)
         load_data(loaded)
+
+
+def _flat_keys(values: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in values.items():
+        keys |= _flat_keys(value, prefix + key + ".") if isinstance(value, dict) else {prefix + key}
+    return keys
+
+
+@pytest.mark.parametrize("key", sorted(REMOVED_KEYS))
+def test_removed_keys_fail_saying_what_to_use_instead(in_repo, tmp_path, key):
+    """A removed key, in a file or a --set, is an error naming the key, its source and the replacement."""
+    section, name = key.split(".")
+    path = write(tmp_path / "old.yaml", "extends: %s\n%s:\n  %s: 1\n" % (Path("configs/default.yaml").resolve(), section, name))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == key and str(err.value) == "%s: %s: was removed: %s" % (path, key, REMOVED_KEYS[key])
+    with pytest.raises(ConfigError, match=r"^--set %s=1: %s: was removed: (use|delete)" % (key, key)):
+        load_config("configs/default.yaml", ["%s=1" % key])
+    assert key not in _flat_keys(config_to_dict(Config()))  # really gone from the schema
+
+
+def test_removed_values_fail_saying_what_to_use_instead(in_repo):
+    """tune.target: retrieval (which always raised) is refused when the config loads, with the reason."""
+    for (key, value), advice in REMOVED_VALUES.items():
+        with pytest.raises(ConfigError) as err:
+            load_config("configs/tune.yaml", ["%s=%s" % (key, value)])
+        assert err.value.key == key and "%r was removed: %s" % (value, advice) in str(err.value)
+    assert "25 min" in REMOVED_VALUES[("tune.target", "retrieval")]
+
+
+def test_a_saved_config_of_an_earlier_release_still_loads(in_repo, tmp_path):
+    """A run's config.yaml written before the keys were removed loads (they never changed what the run did)."""
+    loaded = load_config("configs/default.yaml", ["retrieval.batch_size=32"])
+    saved = save_config(loaded, tmp_path / "config.yaml")
+    old = {"text.training": "frozen", "text.trainable_layers": 2, "text.projection_dim": 0, "train.batch_size": 64,
+           "train.epochs": 1, "train.learning_rate": 0.001, "train.shuffle_buffer": 10000}
+    assert set(old) == set(REMOVED_KEYS)
+    values = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    for key, value in old.items():
+        section, name = key.split(".")
+        values[section][name] = value
+    header = saved.read_text(encoding="utf-8").split("\n", 2)[:2]
+    saved.write_text("\n".join(header) + "\n" + yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    assert load_config(saved).config == loaded.config
+    # The same keys in a file someone wrote are still refused.
+    mine = write(tmp_path / "mine.yaml", yaml.safe_dump(values, sort_keys=False))
+    with pytest.raises(ConfigError, match="was removed"):
+        load_config(mine)

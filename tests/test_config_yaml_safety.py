@@ -36,7 +36,7 @@ def refused(path: Path, overrides: tuple[str, ...] = ()) -> ConfigError:
 
 @pytest.mark.timeout(30)
 def test_an_alias_bomb_in_a_typed_key_is_refused_naming_the_file(tmp_path):
-    path = write(tmp_path / "bomb.yaml", "train:\n  batch_size: %s\n" % bomb())
+    path = write(tmp_path / "bomb.yaml", "retrieval:\n  batch_size: %s\n" % bomb())
     message = str(refused(path))
     assert message.startswith(str(path)) and "alias" in message and "100000 values" in message
     assert len(message) < 400
@@ -48,21 +48,21 @@ def test_an_alias_bomb_as_extends_is_refused_in_the_file_and_in_the_file_it_exte
     assert str(refused(child)).startswith(str(child))
 
     base = write(tmp_path / "base.yaml", "evaluation:\n  ks: %s\n" % bomb())
-    child = write(tmp_path / "child2.yaml", "extends: base.yaml\ntrain:\n  epochs: 2\n")
+    child = write(tmp_path / "child2.yaml", "extends: base.yaml\nretrieval:\n  epochs: 2\n")
     message = str(refused(child))
     assert message.startswith(str(base)) and "alias" in message
 
 
 @pytest.mark.timeout(30)
 def test_an_alias_bomb_in_a_set_override_is_refused(tmp_path):
-    error = refused(None, ("train.batch_size=%s" % bomb(),))
-    assert error.source.startswith("--set train.batch_size=") and "alias" in str(error)
+    error = refused(None, ("retrieval.batch_size=%s" % bomb(),))
+    assert error.source.startswith("--set retrieval.batch_size=") and "alias" in str(error)
     assert len(str(error)) < 800
 
 
 @pytest.mark.timeout(30)
 def test_tfrec_train_on_a_bomb_is_a_one_line_error(tmp_path, capsys):
-    path = write(tmp_path / "bomb.yaml", "train:\n  batch_size: %s\n" % bomb())
+    path = write(tmp_path / "bomb.yaml", "retrieval:\n  batch_size: %s\n" % bomb())
     assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("tfrec train: error: %s: " % path) and "alias" in err and "\n" not in err
@@ -83,11 +83,11 @@ def test_ordinary_anchors_and_aliases_still_work(tmp_path):
 
 def test_a_long_value_in_an_error_is_cut(tmp_path):
     long_text = "x" * 100_000
-    message = str(refused(write(tmp_path / "long.yaml", "train:\n  batch_size: %s\n" % long_text)))
+    message = str(refused(write(tmp_path / "long.yaml", "retrieval:\n  batch_size: %s\n" % long_text)))
     assert "expected int, got 'xxx" in message and "characters)" in message
     assert len(message) < len(str(tmp_path)) + 2 * QUOTE_LIMIT
 
-    error = refused(None, ("train.batch_size=%s" % long_text,))  # the override is the source: cut too
+    error = refused(None, ("retrieval.batch_size=%s" % long_text,))  # the override is the source: cut too
     assert len(str(error)) < 3 * QUOTE_LIMIT
 
 

@@ -131,9 +131,9 @@ class Images(HTMLParser):
 
 def test_evaluate_writes_every_chart_and_the_gallery(search_run, in_repo, capsys):
     assert main(["evaluate", "--run", str(search_run)]) == 0
-    err = capsys.readouterr().err
+    out = capsys.readouterr().out
     charts = ["recall_at_k.png", "ndcg.png", "per_query.png", "training.png"]
-    assert [line.rsplit("/", 1)[1] for line in err.splitlines() if line.startswith("chart: ")] == charts
+    assert [line.rsplit("/", 1)[1] for line in out.splitlines() if line.startswith("chart: ")] == charts
     html = (search_run / "report.html").read_text(encoding="utf-8")
     parser = Images()
     parser.feed(html)

@@ -12,6 +12,7 @@ from tfrec.config.loader import load_config
 from tfrec.data.datasets import load_data
 from tfrec.data.tables import RecommendationData
 from tfrec.recommend import movielens as ml
+from tfrec.reports.evaluation import evaluate_run
 
 tf = ml.tf
 
@@ -205,5 +206,6 @@ def test_train_movielens_writes_every_weighting(in_repo, files, movielens, tmp_p
     for run in written["runs"]:
         assert 0.0 <= run["test"]["top_100_accuracy"] <= 1.0 and run["test"]["rating_rmse"] > 0
     assert metrics["configured"]["mixture"] == "shared_bottom" and metrics["configured"]["rating_weight"] == 1.0
+    evaluate_run(tmp_path)  # the report is rendered from metrics.json, as `tfrec train` does once the pipeline returns
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "mmoe" in report and "Top-100 acc." in report and (tmp_path / "report.html").is_file()

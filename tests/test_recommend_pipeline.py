@@ -55,6 +55,31 @@ def test_metrics_compare_the_model_with_both_baselines(run_dir):
     np.testing.assert_allclose(saved["tfrec_transformer/recall@10"].mean(), systems["tfrec_transformer"]["recall@10"])
 
 
+def test_typed_metrics_give_the_metrics_json_layout():
+    """RecommendationMetrics.to_json() is metrics.json: its keys, in their order, with optional parts left out."""
+    from tfrec.recommend.metrics import (EpochSelection, RankingMetrics, RecommendationMetrics, SeenCold, SimilarItems,
+                                         TrainingSummary)
+
+    ranking = RankingMetrics(n_users=2, n_items=5, ks=[10], exclude_history=False, reference="popularity", beyond_accuracy_k=10,
+                             novelty_smoothing="add-one", systems={"popularity": {"recall@10": 0.5}}, significance=[])
+    history = [{"loss": 2.0, "val_ndcg@10": 0.25}, {"loss": 1.0, "val_ndcg@10": 0.125}]
+    selection = EpochSelection(epochs_run=2, best_epoch=1, history=history, holdout_examples=2, train_examples=4, stopped_early=False)
+    assert selection.holdout_metrics() == {"ndcg@10": 0.25}
+    training = TrainingSummary(selection, selection.holdout_metrics(), refit=False)
+    metrics = RecommendationMetrics(ranking, SeenCold(2, 1, {"popularity": {"seen": {"recall@10": 1.0}}}),
+                                    SimilarItems(2, {"item tower": {"recall@10": 0.5}}, [{"item": "a", "similar": ["b"]}]),
+                                    training, "popularity", {"evaluation": 0.1})
+    written = metrics.to_json()
+    assert list(written) == ["n_users", "n_items", "ks", "exclude_history", "reference", "beyond_accuracy_k", "novelty_smoothing",
+                             "systems", "significance", "seen_cold", "similar_items", "training", "model", "split", "seconds"]
+    assert written["split"] == "valid" and json.loads(json.dumps(written)) == written
+    assert list(written["training"]) == ["selection", "holdout", "refit"]  # examples_per_second only after a refit
+    assert list(written["seen_cold"]) == ["valid_targets", "cold_targets", "popularity"]
+    assert list(written["similar_items"]) == ["examples", "note", "item tower", "samples"]
+    refit = TrainingSummary(selection, {}, refit=True, examples_per_second=12.5).to_json()
+    assert refit["examples_per_second"] == 12.5 and refit["selection"]["best_epoch"] == 1
+
+
 def test_report_states_the_exclusion_policy(run_dir):
     md = (run_dir / "report.md").read_text()
     assert "NOT excluded" in md and "tfrec transformer" in md
@@ -68,7 +93,7 @@ def test_export_serves_the_model_the_evaluation_used(run_dir, exported):
     """The SavedModel's top items for a raw-id history equal the rebuilt model's own ranking."""
     import tensorflow as tf
 
-    from tfrec.recommend.pipeline import load_recommender
+    from tfrec.recommend.stages.artifacts import load_recommender
     from tfrec.recommend.train import item_matrix, user_matrix
 
     model, data, settings = load_recommender(run_dir)

@@ -1,15 +1,19 @@
 """Pieces of the search pipeline: hybrid scoring, ranker lists, the feature ranker head, query splits."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from tfrec import compat
 from tfrec.data.tables import Judgments
 from tfrec.evaluation.search import SearchEvalSet
-from tfrec.search.hybrid import HybridWeights, hybrid_scores, tune_weights, zscore
-from tfrec.search.pipeline import rank_candidates, split_eval_queries, split_queries, subset_eval_set
+from tfrec.evaluation.zscore import ZSCORE_EPSILON, zscore
+from tfrec.search.hybrid import HybridWeights, hybrid_scores, tune_weights
 from tfrec.search.ranker_data import judged_lists, training_lists
+from tfrec.search.stages.evaluation import Half, SearchMetrics, SystemMetrics, Target
+from tfrec.search.stages.queries import rank_candidates, split_eval_queries, split_queries, subset_eval_set
 
 tf = compat.tensorflow()
 
@@ -35,6 +39,20 @@ def test_hybrid_is_the_weighted_sum_of_row_zscores():
 
     np.testing.assert_allclose(got, z(dense) + 0.4 * z(lexical) + 0.25 * z(zero), rtol=1e-4, atol=1e-4)
     assert np.all(zscore(tf.constant(lexical)).numpy()[1] == 0.0)
+
+
+def test_one_zscore_for_numpy_and_tensorflow_rows_and_given_moments():
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(4, 50)).astype(np.float32)
+    scores[2] = 0.7  # constant row: exactly 0, no NaN
+    mean, std = scores.mean(1, keepdims=True), scores.std(1, keepdims=True)
+    expected = np.where(std > 0, (scores - mean) / np.where(std > 0, std + ZSCORE_EPSILON, 1.0), 0.0)
+    np.testing.assert_allclose(zscore(scores), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(zscore(tf.constant(scores)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(zscore(tf.constant(scores), tf.constant(mean), tf.constant(std)).numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert zscore(scores).dtype == np.float32 and np.all(zscore(scores)[2] == 0.0)
+    # epsilon 0 (the search baselines) divides by the exact standard deviation.
+    np.testing.assert_allclose(zscore(scores, epsilon=0.0)[0], (scores[0] - mean[0]) / std[0], rtol=1e-6)
 
 
 def test_tune_weights_picks_the_best_grid_point():
@@ -123,7 +141,6 @@ def test_ranker_head_scores_do_not_depend_on_padding():
 
 def test_ranker_head_dense_fusion_adds_the_catalog_z_scored_two_tower_score():
     from tfrec.ranking.model import LEXICAL_FEATURES, RankerHead
-    from tfrec.search.hybrid import zscore
 
     rng = np.random.default_rng(0)
     catalog = rng.normal(size=(500, 8)).astype(np.float32)
@@ -145,3 +162,20 @@ def test_ranker_head_dense_fusion_adds_the_catalog_z_scored_two_tower_score():
         head.set_dense_fusion(catalog[:, :4], 0.5, 2.0)
     with pytest.raises(ValueError, match="score_scale"):
         head.set_dense_fusion(catalog, 0.5, 0.0)
+
+
+def test_search_metrics_to_json_keeps_the_published_layout():
+    """metrics.json: keys in their published order, floats rounded to 6 places, NaN as null, continual last and only when set."""
+    system = SystemMetrics("x", "tfrec", {"recall@10": np.float64(0.1234567891)}, None, {"ndcg@10": float("nan")})
+    target = Target("e2e", "ndcg@10", "x", 0.5, np.float32(0.25), False, "bm25")
+    metrics = SearchMetrics("d", "valid", "r", "now", {"e2e": 2}, 10, {"x": system}, [], [target], {"lexical index": 0.1},
+                            {"retrieval": {}}, [], {"tune": Half(float("nan"), 0.5, 0)}, ["a note"])
+    out = metrics.to_json()
+    assert list(out) == ["dataset", "split", "run_name", "created", "n_queries", "catalog_size", "systems", "significance",
+                         "targets", "timings", "training", "hybrid_weight_trials", "halves", "notes"]
+    assert out["systems"]["x"] == {"label": "x", "kind": "tfrec", "retrieval": {"recall@10": 0.123457}, "e2e": None,
+                                   "rerank": {"ndcg@10": None}}
+    assert out["targets"] == [{"view": "e2e", "metric": "ndcg@10", "system": "x", "target": 0.5, "value": 0.25, "met": False,
+                               "strongest_baseline": "bm25"}]
+    assert out["halves"] == {"tune": {"e2e_ndcg@10": None, "recall@100": 0.5, "n_queries": 0}}
+    assert list(dataclasses.replace(metrics, continual={"warm_start": None}).to_json())[-1] == "continual"

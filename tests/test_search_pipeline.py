@@ -55,7 +55,7 @@ def test_metrics_cover_every_view_with_seen_cold_split(run_dir):
 
 def test_ranker_dense_fusion_is_chosen_on_the_tuning_half_and_restored(run_dir):
     from tfrec.search.export import load_search_models
-    from tfrec.search.pipeline import DENSE_WEIGHT_GRID
+    from tfrec.search.stages.ranker import DENSE_WEIGHT_GRID
 
     ranker = json.loads((run_dir / "metrics.json").read_text())["training"]["ranker"]
     fusion = ranker["dense_fusion"]

@@ -15,7 +15,8 @@ import pytest
 
 from tfrec import compat
 from tfrec.serving.conformance import WORKER, check_export, worker_command
-from tfrec.serving.savedmodel import REGRESS_METHOD, predict_log, regress_log, save_versioned
+from tfrec.serving.publish import save_versioned
+from tfrec.serving.savedmodel import REGRESS_METHOD, predict_log, regress_log
 
 tf = compat.tensorflow()
 

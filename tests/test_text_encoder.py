@@ -195,8 +195,8 @@ def test_a_top_layers_gradient_step_changes_top_layers_only(files):
 
 
 def test_from_config_section_reads_the_text_section(files, bert):
-    cfg = TextConfig(max_length=16, pooling="cls", normalize=False, projection_dim=8, training="top_layers", trainable_layers=1)
-    encoder = TextEncoder.from_config_section(cfg, bert=bert)
+    cfg = TextConfig(max_length=16, pooling="cls", normalize=False)
+    encoder = TextEncoder.from_config_section(cfg, projection_dim=8, training_mode="top_layers", trainable_layers=1, bert=bert)
     assert (encoder.tokenizer.max_length, encoder.pooling, encoder.normalize) == (16, "cls", False)
     assert encoder.output_dim == 8 and encoder.training_mode == "top_layers"
     assert {_layer_of(v) for v in encoder.trainable_variables} == {"layer_5", "projection"}

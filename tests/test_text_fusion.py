@@ -10,7 +10,7 @@ import pytest
 
 from tfrec import compat
 from tfrec.data.synthetic import synthetic_catalog
-from tfrec.text.fusion import FeatureFusion, numeric_statistics
+from tfrec.text.fusion import CatalogFeatureLookup, FeatureFusion, numeric_statistics
 
 tf = compat.tensorflow()
 
@@ -194,6 +194,49 @@ def test_savedmodel_round_trip(tmp_path):
     reloaded = tf.keras.models.load_model(str(tmp_path / "keras"))
     assert any(isinstance(layer, FeatureFusion) for layer in reloaded.layers)
     np.testing.assert_allclose(reloaded(inputs, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_catalog_lookup_feeds_fusion_by_id_and_survives_a_savedmodel(tmp_path):
+    """CatalogFeatureLookup: ids -> the catalog's columns in-graph, missing values for unknown ids; exported with the model."""
+    catalog = synthetic_catalog(20, seed=0)
+    prices, categories = catalog.numeric["price"].copy(), catalog.categorical["category"].copy()
+    prices[2], categories[2] = np.nan, ""  # P00002: every column missing
+    lookup = CatalogFeatureLookup(catalog.ids, numeric={"price": prices}, categorical={"category": categories})
+    arguments = lookup.fusion_arguments()
+    mean, variance = numeric_statistics({"price": prices})
+    assert arguments == {"numeric": ["price"], "numeric_mean": mean, "numeric_variance": variance,
+                         "categorical": {"category": sorted(set(categories.tolist()) - {""})}}
+    ids = tf.constant(["P00000", "P00001", "P00002", "not-in-the-catalog"])
+    columns = lookup(ids)
+    np.testing.assert_allclose(columns["price"].numpy()[:2], prices[:2])
+    assert np.isnan(columns["price"].numpy()[2:]).all()
+    assert columns["category"].numpy().tolist() == [categories[0].encode(), categories[1].encode(), b"", b""]
+    assert not lookup.weights  # tables, not weights: nothing to checkpoint or train
+
+    tf.keras.utils.set_random_seed(0)
+    fusion = FeatureFusion(6, hidden_units=[8], **arguments)
+
+    class Tower(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lookup, self.fusion = lookup, fusion
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, TEXT_DIM], tf.float32)])
+        def __call__(self, ids, text):
+            return self.fusion({"text_embedding": text, **self.lookup(ids)})
+
+    text = tf.constant(np.tile(np.random.default_rng(0).normal(size=(1, TEXT_DIM)), (4, 1)), tf.float32)  # one title for all
+    expected = Tower()(ids, text).numpy()
+    assert np.abs(expected[0] - expected[1]).max() > 1e-4  # other price and category: another vector
+    np.testing.assert_allclose(expected[2], expected[3], atol=1e-6)  # unknown id = every column missing
+    tower = Tower()
+    tf.saved_model.save(tower, str(tmp_path / "tower"))
+    served = tf.saved_model.load(str(tmp_path / "tower"))
+    np.testing.assert_allclose(served(ids, text).numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="empty for every product"):
+        CatalogFeatureLookup(["a", "b"], categorical={"brand": ["", ""]})
+    with pytest.raises(ValueError, match="2 values for 3 ids"):
+        CatalogFeatureLookup(["a", "b", "c"], numeric={"price": [1.0, 2.0]})
 
 
 def test_training_a_few_steps_reduces_the_loss():

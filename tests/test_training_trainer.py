@@ -10,6 +10,7 @@ import pytest
 from training_child import N_PAIRS, build_ranker, build_two_tower, pair_dataset, ranker_data
 
 from tfrec import compat
+from tfrec.log import configured
 from tfrec.training.progress import EpochProgress
 from tfrec.training.trainer import Trainer, epoch_seed, precision_policy
 
@@ -175,16 +176,19 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise():
-    terminal, log = Terminal(), io.StringIO()
-    for stream in (terminal, log):
-        bar = EpochProgress(0, 2, total_steps=3, stream=stream)
-        for _ in range(3):
-            bar.update(32, 1.25)
-        bar.close({"loss": 1.25, "examples_per_second": 640.0})
-    assert "epoch 1/2" in terminal.getvalue() and "3/3" in terminal.getvalue() and "examples_s=" in terminal.getvalue()
-    assert "loss=1.25" in terminal.getvalue()
-    assert log.getvalue() == "[train] epoch 1/2: loss=1.25 examples_per_second=640\n"
-    quiet = io.StringIO()
-    EpochProgress(0, 2, total_steps=3, stream=quiet, show=False).close({"loss": 1.0})
-    assert quiet.getvalue() == ""
+def test_progress_is_a_bar_on_a_terminal_and_one_log_line_per_epoch():
+    terminal, plain, log = Terminal(), io.StringIO(), io.StringIO()
+    with configured(stream=log):
+        for stream in (terminal, plain):
+            bar = EpochProgress(0, 2, total_steps=3, stream=stream)
+            for _ in range(3):
+                bar.update(32, 1.25)
+            bar.close({"loss": 1.25, "examples_per_second": 640.0})
+        assert "epoch 1/2" in terminal.getvalue() and "3/3" in terminal.getvalue() and "examples_s=" in terminal.getvalue()
+        assert "loss=1.25" in terminal.getvalue()
+        assert plain.getvalue() == ""  # no bar off a terminal: the epoch's line is in the log
+        assert log.getvalue() == "[training] epoch 1/2: loss=1.25 examples_per_second=640\n" * 2
+        quiet = io.StringIO()
+        EpochProgress(0, 2, total_steps=3, stream=quiet, show=False).close({"loss": 1.0})
+        assert quiet.getvalue() == ""
+        assert log.getvalue().count("\n") == 2  # show=False logs at DEBUG only

@@ -20,11 +20,22 @@ import yaml
 from conftest import ROOT, write_homedepot_slice
 from tfrec import compat
 from tfrec.config.loader import ConfigError, load_config
-from tfrec.config.schema import TuneParam
+from tfrec.config.schema import RankingConfig, TuneParam
 from tfrec.data.datasets import load_data
 from tfrec.data.tables import Judgments
 from tfrec.evaluation import search as ev
-from tfrec.search.tuning import RANKER_METRICS, RankerTrialObjective, holdout_metrics, trial_objective
+from tfrec.search.ranker_training import train_ranker_head
+from tfrec.search.tuning import (
+    RANKER_METRICS,
+    TUNABLE_KEYS,
+    UNTUNABLE,
+    RankerTrialObjective,
+    holdout_metrics,
+    predict_scores,
+    trial_objective,
+    tune_search,
+)
+from tfrec.training.trainer import Trainer
 from tfrec.training.tuning import (
     BEST_CONFIG,
     RESULTS_FILE,
@@ -148,6 +159,8 @@ def test_space_checked_against_what_a_ranker_trial_reads(tmp_path):
     cases = [
         ({"space": [{"key": "retrieval.temperature", "type": "float", "min": 0.01, "max": 0.1}]}, "tune.space[0]", "retrieval.temperature"),
         ({"space": [{"key": "ranking.candidate_losses", "type": "choice", "values": ["[listmle]"]}]}, "tune.space[0]", "candidate_losses"),
+        ({"space": [{"key": "ranking.dense_weight", "type": "float", "min": 0.0, "max": 1.0}]}, "tune.space[0]", "two towers"),
+        ({"space": [{"key": "ranking.cross_encoder.epochs", "type": "int", "min": 1, "max": 2}]}, "tune.space[0]", "cross-encoder"),
         ({"tune": {"objective": "recall@100"}}, "tune.objective", "e2e_ndcg@10"),
         ({"algorithm": "hyperband", "space": [{"key": "ranking.epochs", "type": "int", "min": 1, "max": 3}]}, "tune.space", "Hyperband"),
     ]
@@ -159,21 +172,35 @@ def test_space_checked_against_what_a_ranker_trial_reads(tmp_path):
         with pytest.raises(ConfigError) as err:
             check_space(loaded, RankerTrialObjective)
         assert err.value.key == where and word in str(err.value), str(err.value)
+        if where == "tune.space[0]":  # a refused key: the error lists what a trial can tune
+            assert "Tunable keys: %s" % ", ".join(TUNABLE_KEYS) in str(err.value)
+    # Every key a trial honours passes, retrieval.query_max_terms included.
+    path = write_config(tmp_path, env, space=[{"key": "retrieval.query_max_terms", "type": "int", "min": 1, "max": 8}])
+    check_space(load_config(path, [], resolve_data_dir=False), RankerTrialObjective)
+
+
+def test_every_ranking_key_is_tunable_or_refused_with_a_reason():
+    """A new ranking.* key must be classified: honoured by trials (TUNABLE_KEYS) or refused with a reason (UNTUNABLE)."""
+    for name in RankingConfig.__dataclass_fields__:
+        key = "ranking." + name
+        assert (key in TUNABLE_KEYS) != (key in UNTUNABLE), key
+        assert (RankerTrialObjective.untunable_reason(key) is None) == (key in TUNABLE_KEYS)
 
 
 def test_bad_space_fails_before_reading_data_or_creating_the_project(tmp_path):
-    """run_tuning checks the space first: no data folder is needed and no tuner folder appears."""
+    """tune_search checks the space first: no data folder is needed and no tuner folder appears."""
     path = write_config(tmp_path, {"slice": tmp_path / "missing", "cache": tmp_path}, space=[{"key": "ranking.nope", "type": "float"}])
     with pytest.raises(ConfigError, match="ranking.nope"):
-        run_tuning(load_config(path, [], resolve_data_dir=False), tmp_path / "out")
+        tune_search(load_config(path, [], resolve_data_dir=False), tmp_path / "out")
     assert not (tmp_path / "tuning").exists() and not (tmp_path / "out").exists()
 
 
 def test_retrieval_target_is_refused_with_a_reason(tmp_path):
+    """tune.target: retrieval was removed: the config no longer loads, and the error says why and what to do."""
     path = write_config(tmp_path, {"slice": tmp_path, "cache": tmp_path}, tune={"target": "retrieval"})
     with pytest.raises(ConfigError) as err:
-        trial_objective(load_config(path, [], resolve_data_dir=False))
-    assert err.value.key == "tune.target" and "25 min" in str(err.value)
+        load_config(path, [], resolve_data_dir=False)
+    assert err.value.key == "tune.target" and "25 min" in str(err.value) and "tune.target: ranker" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -207,6 +234,26 @@ def test_objective_is_deterministic_and_scores_the_trial_config(env):
     assert all(0.0 <= v <= 1.0 for v in first.values())
     other = load_config(write_config(Path(env["slice"]).parent, env), ["ranking.learning_rate=0.05", "ranking.epochs=3"]).config
     assert env["objective"](other, None) != first
+
+
+def test_trial_heads_train_on_the_run_path_and_honour_query_max_terms(env):
+    """A trial's head is the one train_ranker_head (tfrec train's path) makes; retrieval.query_max_terms changes the features."""
+    objective = env["objective"]
+    cfg = load_config(write_config(Path(env["slice"]).parent, env), []).config
+    setup = objective.lists_for(cfg)
+    head = objective.train_head(cfg, setup)
+    again, result = train_ranker_head(cfg, Trainer(seed=cfg.run.seed, progress=False), setup.fit_inputs, setup.fit_lists,
+                                      setup.vocabulary, loss=cfg.ranking.loss, learning_rate=cfg.ranking.learning_rate,
+                                      epochs=cfg.ranking.epochs)
+    assert result.epochs_run == cfg.ranking.epochs == 1 and "ndcg@10" in result.history[-1]
+    np.testing.assert_allclose(predict_scores(head, setup.judged_inputs), predict_scores(again, setup.judged_inputs), rtol=1e-6)
+
+    short = load_config(write_config(Path(env["slice"]).parent, env), ["retrieval.query_max_terms=1"]).config
+    one_word = objective.lists_for(short)
+    multi_word = np.array([len(q.split()) > 1 for q in setup.holdout.queries.astype(str)])
+    assert multi_word.any()
+    lexical, lexical_short = setup.judged_inputs["lexical"], one_word.judged_inputs["lexical"]
+    assert lexical.shape == lexical_short.shape and not np.array_equal(lexical[multi_word], lexical_short[multi_word])
 
 
 def test_holdout_metrics_match_tf_ranking_and_plain_python():
@@ -420,6 +467,7 @@ def test_search_stops_after_three_failures_in_a_row_and_still_writes_results(tmp
 def test_cli_tune_writes_best_config_and_the_shipped_tune_config_loads(env, tmp_path, in_repo, capsys):
     """`tfrec tune` runs the config's search and prints best_config/run_dir; configs/tune.yaml is a valid search."""
     from tfrec.cli.main import main
+    from tfrec.training.tuning import results_table
 
     shipped = load_config("configs/tune.yaml", []).config.tune
     assert shipped.space and shipped.target == "ranker"
@@ -432,3 +480,4 @@ def test_cli_tune_writes_best_config_and_the_shipped_tune_config_loads(env, tmp_
     results = json.loads((Path(lines["run_dir"]) / "tuning_results.json").read_text())
     assert best.ranking.loss in ("softmax", "listmle")
     assert len([t for t in results["trials"] if t["status"] == "COMPLETED"]) == 2
+    assert results_table(results) in out and "[training] best " in err  # the table is a result; the rest is the log

@@ -28,6 +28,7 @@ tf = compat.tensorflow()
 
 import tensorflow_recommenders as tfrs  # noqa: E402
 
+from tfrec.log import configure  # noqa: E402
 from tfrec.training.trainer import Trainer, epoch_seed, precision_policy  # noqa: E402
 
 N_QUERIES, N_PRODUCTS, N_PAIRS = 40, 60, 480
@@ -141,6 +142,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--compare", action="store_true")
     args = parser.parse_args(argv)
+    configure()  # the trainer's log ("resumed from step ...") on stderr, as `tfrec train` shows it
     os.makedirs(args.dir, exist_ok=True)
     strategy = _strategy(args.strategy)
     marker = os.path.join(args.dir, "paused")

@@ -3,10 +3,18 @@
 Importing tfrec imports :mod:`tfrec.compat` first, so TensorFlow loads in Keras 2 mode.
 TensorFlow itself is imported lazily by the modules that need it. The public API
 (:mod:`tfrec.api`: ``tfrec.train``, ``tfrec.evaluate``, ``tfrec.export``, ``tfrec.serve``,
-``tfrec.LocalClient``, ...) is reachable from here and loads on first use.
+``tfrec.LocalClient``, ...) is reachable from here and loads on first use. Progress is logged
+to the ``tfrec`` logger: ``import tfrec.log; tfrec.log.configure()`` shows it (see tfrec/log.py).
 """
 from tfrec import compat as compat  # noqa: F401  (must stay the first import)
+
+import logging
+
 from tfrec.version import __version__
+
+# The library convention: tfrec never decides where its log goes; the `tfrec` command (or
+# tfrec.log.configure() in a notebook) adds the handler that shows it. See tfrec/log.py.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Names of tfrec.api offered here; listed (not imported) so `import tfrec` stays light.
 _API = (

@@ -11,8 +11,9 @@ Importing this module is cheap: TensorFlow loads only when a function that needs
     with tfrec.serve("export") as server:                             # gRPC + REST on 127.0.0.1
         ...
 
-``train`` and ``export`` print what ``tfrec train`` / ``tfrec export`` print (results on stdout,
-progress on stderr), so a notebook shows the same lines as a terminal.
+``train`` and ``export`` print the results ``tfrec train`` / ``tfrec export`` print (on stdout);
+their progress is logged to the ``tfrec`` logger, which shows nothing until asked:
+``import tfrec.log; tfrec.log.configure()`` gives a notebook the terminal's stderr lines.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tfrec import compat  # noqa: F401  (first: Keras 2 mode before anything imp
 
 import functools
 import importlib
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,16 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from tfrec.config import LoadedConfig
 from tfrec.config import load_config as _load_config
+from tfrec.config.schema import DistributeConfig
+from tfrec.data import load_data as read_data
+from tfrec.data.slices import slice_for_config, slice_recommendation_data
+from tfrec.data.stats import dataset_stats, format_stats
+from tfrec.data.tables import SearchData
+from tfrec.evaluation.compare import PerQuery, compare as paired, default_pairs, format_comparison
+from tfrec.runs import FAILED, MOVIELENS, RECOMMENDATION, SEARCH, RunFolder, create_run_dir, open_run_dir, write_json
+from tfrec.serving.conformance import check_export as check
+from tfrec.serving.deploy import write_export_deployment_files
+from tfrec.training.strategy import locate_tpu
 
 if TYPE_CHECKING:  # the real classes load TensorFlow; annotations only need their names
     from tfrec.reports.evaluation import EvaluationReport
@@ -35,6 +46,11 @@ if TYPE_CHECKING:  # the real classes load TensorFlow; annotations only need the
     from tfrec.serving.server import DevServer
 
 PathLike = Union[str, Path]
+
+log = logging.getLogger(__name__)
+
+# The datasets tfrec.data reads as query-product judgments (SearchData): they train search runs.
+SEARCH_DATASETS = ("homedepot", "search-csv")
 
 # Re-exported lazily (their modules import TensorFlow): name -> module.
 _LAZY = {
@@ -85,10 +101,6 @@ def _out(line: str) -> None:
     print(line, flush=True)
 
 
-def _info(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- configs and data
 
 
@@ -121,11 +133,8 @@ def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = 
 
 def _read(loaded: LoadedConfig) -> tuple[Any, dict]:
     """The whole dataset of a config and its statistics (with the load time)."""
-    from tfrec.data import load_data as read_data
-    from tfrec.data.stats import dataset_stats
-
     started = time.perf_counter()
-    _info("loading %s from %s ..." % (loaded.config.data.dataset, loaded.config.data.dir))
+    log.info("loading %s from %s ..." % (loaded.config.data.dataset, loaded.config.data.dir))
     data = read_data(loaded)
     stats = dataset_stats(data, loaded.config)
     stats["load_seconds"] = round(time.perf_counter() - started, 2)
@@ -134,21 +143,14 @@ def _read(loaded: LoadedConfig) -> tuple[Any, dict]:
 
 def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
     """(data, statistics, a note when sliced) of a config: what ``tfrec train`` trains on."""
-    from tfrec.data.stats import dataset_stats
-    from tfrec.data.tables import SearchData
-
     data, stats = _read(loaded)
     dc = loaded.config.data
     note = None
     if isinstance(data, SearchData) and (dc.max_train_queries or dc.max_valid_queries or dc.max_products or dc.periods > 1):
-        from tfrec.data.slices import slice_for_config
-
         data = slice_for_config(data, loaded.config)
         stats = dataset_stats(data, loaded.config)
         note = "data sliced for this run (data.max_* / data.period keys): statistics below are of the slice"
     if not isinstance(data, SearchData) and dc.max_users:
-        from tfrec.data.slices import slice_recommendation_data
-
         data = slice_recommendation_data(data, dc.max_users, loaded.config.run.seed)
         stats = dataset_stats(data, loaded.config)
         note = "data sliced for this run (data.max_users): statistics below are of the slice"
@@ -165,69 +167,110 @@ def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), 
     ``restart`` (with ``run_dir``) starts the run's training over: its checkpoints are moved into a
     dated ``checkpoints-set-aside-<UTC time>`` folder of the run, never deleted.
     """
-    from tfrec.data.stats import format_stats
-    from tfrec.data.tables import SearchData
-    from tfrec.runs import STATS_FILE, create_run_dir, open_run_dir, write_json
-
     if restart and not run_dir:
         raise ValueError("restart needs run_dir: the run folder whose training starts over")
     loaded = _loaded(config, overrides)
-    folder = open_run_dir(loaded, Path(run_dir)) if run_dir else create_run_dir(loaded)
-    if restart:
-        from tfrec.training.checkpoints import set_aside_checkpoints
+    kind = _run_kind(loaded, bool(warm_start))
+    run = RunFolder(open_run_dir(loaded, Path(run_dir)) if run_dir else create_run_dir(loaded))
+    folder = run.root
+    run.start(kind, loaded)
+    try:
+        if restart:
+            # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
+            from tfrec.training.checkpoints import set_aside_checkpoints
 
-        moved = set_aside_checkpoints(folder)
-        _info("restart: %s" % ("moved the earlier checkpoints to %s (nothing deleted); training starts over" % moved
-                                if moved else "no checkpoints in %s; training starts from the beginning" % folder))
-    _info("run directory %s (resolved config saved as config.yaml; if interrupted, run the same command with "
-          "--run-dir %s to resume from its checkpoints)" % (folder, folder))
-    data, stats, note = _load_sliced(loaded)
-    if note:
-        _info(note)
-    write_json(folder / STATS_FILE, stats)
-    for line in format_stats(stats):
-        _out(line)
-    dc = loaded.config.data
-    started = time.perf_counter()
-    if isinstance(data, SearchData):
-        from tfrec.search.pipeline import train_search
-
-        train_search(loaded, data, folder, warm_start=Path(warm_start) if warm_start else None)
-    else:
-        if warm_start:
-            raise UnsupportedError("--warm-start applies to search runs only in this release")
-        task = loaded.config.recommendation.task
-        if task == "multitask" and dc.dataset != "movielens-100k":
-            raise UnsupportedError("recommendation.task=multitask is the MovieLens 100K model (dataset movielens-100k), "
-                                   "got %s" % dc.dataset)
-        if task == "multitask" or (task == "auto" and dc.dataset == "movielens-100k"):
-            from tfrec.recommend.movielens import train_movielens
-
-            train_movielens(loaded, data, folder, progress=loaded.config.train.progress)
-        else:
-            from tfrec.recommend.pipeline import train_recommendation
-
-            train_recommendation(loaded, data, folder)
+            moved = set_aside_checkpoints(folder)
+            log.info("restart: %s" % ("moved the earlier checkpoints to %s (nothing deleted); training starts over" % moved
+                                       if moved else "no checkpoints in %s; training starts from the beginning" % folder))
+        log.info("run directory %s (resolved config saved as %s; if interrupted, run the same command with "
+                 "--run-dir %s to resume from its checkpoints)" % (folder, run.config.name, folder))
+        data, stats, note = _load_sliced(loaded)
+        if note:
+            log.info(note)
+        write_json(run.stats, stats)
+        for line in format_stats(stats):
+            _out(line)
+        started = time.perf_counter()
+        _train_pipeline(kind, loaded, data, folder, warm_start)
+    except BaseException as err:  # KeyboardInterrupt too: run.json must not say running after the process ends
+        _mark_failed(run, err)
+        raise
+    run.finish()
+    _render_report(folder)
     _out("trained in %.1f min" % ((time.perf_counter() - started) / 60))
     _out("run_dir: %s" % folder)
     return folder
 
 
-def _run_folder(run: PathLike) -> Path:
-    """A run folder, checked to be one (it holds the resolved config.yaml)."""
-    from tfrec.runs import CONFIG_FILE
+def _run_kind(loaded: LoadedConfig, warm_start: bool) -> str:
+    """What a config trains (search, recommendation or movielens-multitask); refuses what no pipeline does."""
+    dc = loaded.config.data
+    if dc.dataset in SEARCH_DATASETS:
+        return SEARCH
+    if warm_start:
+        raise UnsupportedError("--warm-start applies to search runs only in this release")
+    task = loaded.config.recommendation.task
+    if task == "multitask" and dc.dataset != "movielens-100k":
+        raise UnsupportedError("recommendation.task=multitask is the MovieLens 100K model (dataset movielens-100k), "
+                               "got %s" % dc.dataset)
+    if task == "multitask" or (task == "auto" and dc.dataset == "movielens-100k"):
+        return MOVIELENS
+    return RECOMMENDATION
 
-    path = Path(run)
-    if not (path / CONFIG_FILE).is_file():
-        raise FileNotFoundError("%s is not a tfrec run directory (no %s in it)" % (path, CONFIG_FILE))
-    return path
+
+def _train_pipeline(kind: str, loaded: LoadedConfig, data: Any, folder: Path, warm_start: Optional[PathLike]) -> None:
+    """Run the pipeline of ``kind`` into ``folder`` (each writes its models, metrics.json and per-query metrics)."""
+    if kind == SEARCH:
+        # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
+        from tfrec.search.pipeline import train_search
+
+        train_search(loaded, data, folder, warm_start=Path(warm_start) if warm_start else None)
+    elif kind == MOVIELENS:
+        # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
+        from tfrec.recommend.movielens import train_movielens
+
+        train_movielens(loaded, data, folder, progress=loaded.config.train.progress)
+    else:
+        # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
+        from tfrec.recommend.pipeline import train_recommendation
+
+        train_recommendation(loaded, data, folder)
+
+
+def _mark_failed(run: RunFolder, err: BaseException) -> None:
+    """Record the failure in run.json; a record that cannot be written must not hide the error itself."""
+    message = " ".join(str(err).split())
+    summary = "%s: %s" % (type(err).__name__, message) if message else type(err).__name__
+    try:
+        run.finish(FAILED, error=summary[:1000])
+    except (OSError, ValueError) as problem:
+        log.warning("could not mark %s as failed: %s", run.record_file, problem)
+
+
+def _render_report(folder: Path) -> None:
+    """Write a finished run's report, print its summary and say where the page is."""
+    from tfrec.reports.evaluation import evaluate_run  # loads matplotlib: only once a run has finished
+
+    report = evaluate_run(folder)
+    _out(report.summary)
+    log.info("report: %s (charts: %s)", report.html, ", ".join(p.name for p in report.figures) or "none")
+
+
+def _run_folder(run: PathLike) -> RunFolder:
+    """A run folder, checked to be one (it holds the resolved config.yaml) whose training did not stop unfinished."""
+    folder = RunFolder(run)
+    if not folder.config.is_file():
+        raise FileNotFoundError("%s is not a tfrec run directory (no %s in it)" % (folder.root, folder.config.name))
+    folder.require_finished()  # RunIncomplete while run.json says running or failed
+    return folder
 
 
 def evaluate(run: PathLike) -> "EvaluationReport":
     """A trained run's evaluation: writes report.html and the PNG charts, returns them with the metrics."""
+    # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.reports.evaluation import evaluate_run
 
-    return evaluate_run(_run_folder(run))  # RunIncomplete (a FileNotFoundError) when training did not finish
+    return evaluate_run(_run_folder(run).root)  # RunIncomplete (a FileNotFoundError) when training did not finish
 
 
 @dataclass
@@ -244,8 +287,6 @@ class Comparison:
 def compare(run_a: PathLike, run_b: Optional[PathLike] = None, *, system: Optional[str] = None,
             against: Optional[str] = None, metrics: Sequence[str] = (), resamples: int = 2000, seed: int = 0) -> Comparison:
     """Paired bootstrap CIs of run_a minus run_b (or of ``system`` minus ``against`` within one run)."""
-    from tfrec.evaluation.compare import PerQuery, compare as paired, default_pairs, format_comparison
-
     if isinstance(metrics, str):
         metrics = [metrics]
     a = PerQuery.load(Path(run_a))
@@ -269,18 +310,12 @@ def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int
     """Export a run's models as TF Serving SavedModels (what ``tfrec export`` does); returns {model: {"path", "mb"}}."""
     folder = _run_folder(run)
     export_dir = Path(export_dir)
-    from tfrec.recommend.pipeline import SETTINGS_FILE
-
-    if (folder / SETTINGS_FILE).is_file():
-        exported = _export_recommendation(folder, export_dir, version, scann)
-    elif (folder / "search_config.json").is_file():
-        exported = _export_search(folder, export_dir, version, scann)
+    if _exportable_kind(folder) == RECOMMENDATION:
+        exported = _export_recommendation(folder.root, export_dir, version, scann)
     else:
-        raise UnsupportedError("run %s holds no exportable model (search runs and sequential recommendation runs export; "
-                               "MovieLens multi-task runs are benchmarks)" % folder)
+        exported = _export_search(folder.root, export_dir, version, scann)
     for name, info in exported.items():
         _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
-    from tfrec.serving.deploy import write_export_deployment_files
 
     # The export folder carries TF Serving files matching its real versions (docker compose up there).
     for path in write_export_deployment_files(export_dir):
@@ -290,22 +325,39 @@ def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int
     return exported
 
 
+def _exportable_kind(folder: RunFolder) -> str:
+    """search or recommendation, from run.json (older runs: their settings file); refuses runs with nothing to export."""
+    why = "search runs and sequential recommendation runs export; MovieLens multi-task runs are benchmarks"
+    try:
+        kind = folder.kind()
+    except FileNotFoundError:
+        kind = None
+    settings = {SEARCH: folder.search_settings, RECOMMENDATION: folder.recommendation_settings}.get(kind)
+    if settings is None:
+        raise UnsupportedError("run %s holds no exportable model (%s)" % (folder.root, why))
+    if not settings.is_file():
+        raise UnsupportedError("run %s holds no exportable model: its %s is missing (%s)" % (folder.root, settings.name, why))
+    return kind
+
+
 def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
+    # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.search.export import export_search, load_search_models
 
-    _info("rebuilding the trained models of %s ..." % run)
+    log.info("rebuilding the trained models of %s ..." % run)
     models = load_search_models(run)
     # every model of the run (ScaNN's too) gets one version number and appears at once
     return export_search(models, export_dir, version=version, run=run.name, scann=scann)
 
 
 def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
+    # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.recommend.export import export_recommendation
     from tfrec.recommend.pipeline import load_recommender
 
     if scann:
         raise UnsupportedError("--scann applies to search runs (recommendation exports are brute force over the catalog)")
-    _info("rebuilding the trained recommender of %s ..." % run)
+    log.info("rebuilding the trained recommender of %s ..." % run)
     model, data, settings = load_recommender(run)
     return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
                                  exclude_history=bool(settings["exclude_history"]), version=version, run=run.name)
@@ -313,9 +365,7 @@ def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], 
 
 def check_export(export_dir: PathLike = "export") -> "ConformanceReport":
     """Check an export as TF Serving would load it (fresh TensorFlow-only process); raises ExportCheckError on a problem."""
-    from tfrec.serving.conformance import check_export as check
-
-    _info("checking %s in a fresh TensorFlow-only process (what TF Serving can load) ..." % export_dir)
+    log.info("checking %s in a fresh TensorFlow-only process (what TF Serving can load) ..." % export_dir)
     report = check(Path(export_dir))
     for line in report.lines():
         _out(line)
@@ -326,6 +376,7 @@ def check_export(export_dir: PathLike = "export") -> "ConformanceReport":
 
 @functools.lru_cache(maxsize=None)
 def _started_server_class() -> type:
+    # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.serving.server import DevServer
 
     class StartedServer(DevServer):
@@ -361,9 +412,6 @@ class TpuLocation:
 def find_tpu(tpu: str = "") -> Optional[TpuLocation]:
     """The TPU this machine can reach (a name, grpc:// address or "local"), or None when none is in sight."""
     import os
-
-    from tfrec.config.schema import DistributeConfig
-    from tfrec.training.strategy import locate_tpu
 
     found = locate_tpu(DistributeConfig(strategy="tpu", tpu=tpu), os.environ)
     return TpuLocation(*found) if found else None

@@ -12,7 +12,7 @@ TensorFlow; :class:`MiniLMBaseline` does when built.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from typing import Any, Optional, Sequence
 
@@ -31,6 +31,9 @@ from tfrec.evaluation.search import (
     split_by_seen,
     top_k,
 )
+from tfrec.evaluation.zscore import zscore
+from tfrec import compat
+from tfrec.text.cache import resolve_cache_dir
 
 TOKEN_PATTERN = r"[a-z]+|\d+"
 STOPWORDS = "en"
@@ -41,6 +44,8 @@ BM25_B = 0.75
 QUERY_CHUNK = 128  # queries per dense [chunk, catalog] float32 score matrix (28 MB for 54,667 products)
 RERANK_DEPTH = 100
 BASELINES = ("bm25", "bm25_stemmed", "minilm_zero_shot", "hybrid_bm25_minilm", "bm25_rerank_minilm")
+
+log = logging.getLogger(__name__)
 
 
 def bm25_tokenize(texts: Sequence[str], stem: bool, *, return_ids: bool = False) -> Any:
@@ -120,6 +125,7 @@ class MiniLMBaseline:
     """Zero-shot cosine between frozen MiniLM vectors of queries and of titles (catalog vectors cached)."""
 
     def __init__(self, titles: Sequence[str], text_cfg: TextConfig, *, progress: bool = False, encoder: Any = None):
+        # lazy: the BM25 baselines run without the BERT stack
         from tfrec.text.catalog import catalog_text_features, frozen_encoder
 
         self.encoder = encoder or frozen_encoder(text_cfg)
@@ -135,8 +141,6 @@ class MiniLMBaseline:
 
     def encode(self, queries: Sequence[str]) -> np.ndarray:
         """Query vectors float32 [Q, dim] (L2-normalised like the catalog's)."""
-        from tfrec import compat
-
         tf = compat.tensorflow()
         queries = [str(q) for q in queries]
         # Eager calls: a query set is encoded once, and tracing the BERT graph for each padded
@@ -162,19 +166,12 @@ class MiniLMBaseline:
         return np.einsum("nd,nd->n", np.asarray(query_vectors_per_pair, np.float32), self.catalog_vectors[rows])
 
 
-def zscore_rows(scores: np.ndarray) -> np.ndarray:
-    """Standardize each row over the catalog (population std); a constant row becomes all zeros."""
-    scores = np.asarray(scores, dtype=np.float32)
-    mean = scores.mean(axis=1, keepdims=True)
-    std = scores.std(axis=1, keepdims=True)
-    return np.where(std > 0, (scores - mean) / np.where(std > 0, std, 1.0), 0.0).astype(np.float32)
-
-
 def hybrid_scores(lexical: np.ndarray, semantic: np.ndarray) -> np.ndarray:
     """Equal-weight sum of per-query z-scores of two [Q, n_catalog] score matrices."""
     if np.shape(lexical) != np.shape(semantic):
         raise ValueError("score matrices differ in shape: %s vs %s" % (np.shape(lexical), np.shape(semantic)))
-    return zscore_rows(lexical) + zscore_rows(semantic)
+    # epsilon 0: the baseline's published numbers divide by the exact standard deviation.
+    return zscore(np.asarray(lexical, np.float32), epsilon=0.0) + zscore(np.asarray(semantic, np.float32), epsilon=0.0)
 
 
 def rerank_candidates(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -193,8 +190,7 @@ def _chunked_top_k(score_chunk, n_queries: int, k: int) -> tuple[np.ndarray, np.
 
 
 def _log(progress: bool, message: str) -> None:
-    if progress:
-        print("search baselines: %s" % message, file=sys.stderr, flush=True)
+    log.log(logging.INFO if progress else logging.DEBUG, message)
 
 
 def evaluate_search_baselines(
@@ -234,7 +230,6 @@ def evaluate_search_baselines(
     bm25 = {"bm25": Bm25Baseline(titles, stem=False), "bm25_stemmed": Bm25Baseline(titles, stem=True)}
     timings["bm25_index"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    from tfrec.text.cache import resolve_cache_dir
 
     _log(progress, "MiniLM catalog vectors (cache: %s) and %d query vectors" % (resolve_cache_dir(text_cfg.cache_dir), es.n_queries))
     if minilm is None:

@@ -22,6 +22,7 @@ wall seconds of the training epochs (tracing included, evaluation and data prepa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -33,6 +34,8 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.recommend import movielens as ml
+from tfrec.config.loader import load_config
+from tfrec.data.datasets import load_data
 
 tf = compat.tensorflow()
 
@@ -41,6 +44,8 @@ import tensorflow_recommenders as tfrs  # noqa: E402  (after compat: Keras 2 mod
 RECIPE = {"embedding_dimension": 32, "optimizer": "Adagrad", "learning_rate": 0.1, "batch_size": 8192, "epochs": 3,
           "shuffle_buffer": 100_000, "eval_batch_size": 4096}
 TARGET_RATIO = 1.2
+
+log = logging.getLogger(__name__)
 
 
 class BasicRetrieval(tfrs.Model):
@@ -196,17 +201,14 @@ def _markdown(results: dict[str, Any]) -> str:
 
 def run(out_dir: Path, data_config: str = "configs/movielens.yaml") -> list[Path]:
     """Run the recipe and tfrec on the same split in this process; write movielens.json and movielens.md."""
-    from tfrec.config.loader import load_config
-    from tfrec.data.datasets import load_data
-
     loaded = load_config(data_config)
     data = load_data(loaded)
     split = ml.tutorial_split(len(data.interactions))
     titles = ml.movie_titles(data.catalog)
     recipe = run_recipe(data, split)
-    print("bench movielens: TFRS recipe top-100 %.3f, %.0f examples/s" % (recipe["top_100_accuracy"], recipe["train_examples_per_s"]), flush=True)
+    log.info("movielens: TFRS recipe top-100 %.3f, %.0f examples/s", recipe["top_100_accuracy"], recipe["train_examples_per_s"])
     ours = run_tfrec(loaded, data, split)
-    print("bench movielens: tfrec top-100 %.3f, %.0f examples/s" % (ours["top_100_accuracy"], ours["train_examples_per_s"]), flush=True)
+    log.info("movielens: tfrec top-100 %.3f, %.0f examples/s", ours["top_100_accuracy"], ours["train_examples_per_s"])
     ratio = ours["top_100_accuracy"] / recipe["top_100_accuracy"]
     results = {
         "tfrs_recipe": recipe,
@@ -234,4 +236,7 @@ def run(out_dir: Path, data_config: str = "configs/movielens.yaml") -> list[Path
 
 
 if __name__ == "__main__":
+    from tfrec.log import configure
+
+    configure()  # an entry point: show the progress lines on stderr; the result paths go to stdout
     print("\n".join(str(p) for p in run(Path("bench_results"))))

@@ -27,7 +27,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tfrec.config import load_config
+from tfrec.data import load_data
+from tfrec.serving.loadtest import run_load
+from tfrec.serving.process import start_server
 from tfrec.serving.service import RANKER_MODEL, RETRIEVAL_MODEL
+from tfrec.serving.service import ProductCatalog, SearchService
 
 TARGET_P99_MS = 30.0
 OVERLOAD_FACTOR = 2.0
@@ -39,6 +44,7 @@ OVERLOAD_SETTINGS = {
 
 
 def _newest(model_dir: Path) -> Path:
+    # lazy: the benchmark driver itself does not load TensorFlow
     from tfrec.serving.savedmodel import version_folders
 
     versions = sorted(version_folders(model_dir), reverse=True)
@@ -145,7 +151,7 @@ def overload(address: str, model: str, inputs: list[dict], unloaded_p99_ms: floa
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from tfrec.serving.loadtest import run_load
+    # lazy: the benchmark driver itself does not load TensorFlow
     from tfrec.serving.tensors import to_tensor_proto
 
     requests = []
@@ -172,9 +178,6 @@ def overload(address: str, model: str, inputs: list[dict], unloaded_p99_ms: floa
 
 def valid_queries(data_config: str, n: int) -> list[str]:
     """The first ``n`` distinct valid queries of the config's dataset."""
-    from tfrec.config import load_config
-    from tfrec.data import load_data
-
     data = load_data(load_config(data_config))
     seen: dict[str, None] = {}
     for query in data.valid.queries:
@@ -187,10 +190,8 @@ def valid_queries(data_config: str, n: int) -> list[str]:
 def run(out_dir: Path, data_config: str, export_dir: Path = Path("export"), load_seconds: float = 20.0,
         reliability_seconds: float = 30.0, n_queries: int = 200) -> list[Path]:
     """Measure the served search models of ``export_dir``; write serving.json and serving.md."""
+    # lazy: the benchmark driver itself does not load TensorFlow
     from tfrec.serving.grpc_client import GrpcClient
-    from tfrec.serving.loadtest import run_load
-    from tfrec.serving.process import start_server
-    from tfrec.serving.service import ProductCatalog, SearchService
 
     queries = valid_queries(data_config, n_queries)
     results: dict = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import shutil
@@ -29,8 +30,13 @@ from tfrec import compat
 from tfrec.config import load_config
 from tfrec.config.schema import TextConfig
 from tfrec.data import load_data
+from tfrec.text.catalog import catalog_text_features, float32_encode_fn, frozen_encoder
+from tfrec.text.encoder import TextEncoder
+from tfrec.text.model_files import resolve_model_files
+from tfrec.text.quantized import Int8CatalogEncoder
 
 tf = compat.tensorflow()
+log = logging.getLogger(__name__)
 
 _FLOP_CONFIG = {"layers": 6, "hidden": 384, "intermediate": 1536}
 
@@ -66,8 +72,6 @@ def _timed(fn, batches) -> float:
 
 
 def _throughput_rows(titles: list[str], peak: float, files) -> list[dict]:
-    from tfrec.text.encoder import TextEncoder
-
     rows = []
     bert = None
     for max_length in (32, 64):
@@ -86,10 +90,6 @@ def _throughput_rows(titles: list[str], peak: float, files) -> list[dict]:
 
 
 def _catalog_engines(titles: list[str], text_cfg: TextConfig) -> tuple[list[dict], dict]:
-    from tfrec.text.catalog import float32_encode_fn, frozen_encoder
-    from tfrec.text.encoder import TextEncoder
-    from tfrec.text.quantized import Int8CatalogEncoder
-
     frozen = frozen_encoder(text_cfg)
     fixed = TextEncoder(frozen.files, max_length=text_cfg.max_length, bert=frozen.bert)
     order = np.argsort([len(t) for t in titles], kind="stable")
@@ -169,9 +169,6 @@ def _fresh_process_latency(path: Path, queries: list[str], intra: int, inter: in
 
 
 def _query_latency(queries: list[str], text_cfg: TextConfig, workdir: Path) -> list[dict]:
-    from tfrec.text.encoder import TextEncoder
-    from tfrec.text.model_files import resolve_model_files
-
     files = resolve_model_files(text_cfg.model_dir)
     rows, bert = [], None
     for pad_to in ("max_length", "batch"):
@@ -218,9 +215,6 @@ def _recall(query_vectors: np.ndarray, catalog_vectors: np.ndarray, positives: l
 
 def run(out_dir: Path, data_config: str) -> list[Path]:
     """Run the text benchmark on the Home Depot data of ``data_config``; write JSON and Markdown."""
-    from tfrec.text.catalog import catalog_text_features, float32_encode_fn, frozen_encoder
-    from tfrec.text.model_files import resolve_model_files
-
     loaded = load_config(data_config)
     data = load_data(loaded)
     text_cfg = loaded.config.text
@@ -291,7 +285,7 @@ def run(out_dir: Path, data_config: str) -> list[Path]:
 
 
 def _progress(stage: str) -> None:
-    print("text_encoding: %s ..." % stage, file=sys.stderr, flush=True)
+    log.info("text_encoding: %s ...", stage)
 
 
 def _table(rows: list[dict]) -> list[str]:

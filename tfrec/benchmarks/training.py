@@ -8,6 +8,7 @@ examples/s are measured after the first steps (graph tracing) are done.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -22,6 +23,8 @@ CASES = (
     {"name": "default, checkpoint every 10 steps", "strategy": "default", "logical_cpus": 1, "checkpoint_every": 10},
     {"name": "default, checkpoint every 2 steps", "strategy": "default", "logical_cpus": 1, "checkpoint_every": 2},
 )
+
+log = logging.getLogger(__name__)
 
 
 def run(out_dir: Path, data_config: str, steps: int = 24, warmup_steps: int = 4) -> list[Path]:
@@ -38,7 +41,7 @@ def run(out_dir: Path, data_config: str, steps: int = 24, warmup_steps: int = 4)
                 raise RuntimeError("training benchmark case %r failed:\n%s" % (case["name"], done.stderr[-3000:]))
             result = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append({**case, **result})
-        print("bench training: %s: %.1f examples/s" % (case["name"], result["examples_per_second"]), flush=True)
+        log.info("training: %s: %.1f examples/s", case["name"], result["examples_per_second"])
     base = rows[0]
     for row in rows:
         row["relative_to_default"] = round(row["examples_per_second"] / base["examples_per_second"], 3)

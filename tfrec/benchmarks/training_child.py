@@ -7,6 +7,10 @@ import argparse
 import json
 import time
 
+from tfrec.config import load_config
+from tfrec.data import load_data
+from tfrec.training.strategy import describe, make_strategy, split_logical_cpus
+
 
 def main() -> None:
     """Parse the case, split the CPU if asked (before TensorFlow starts), train, print the measurements."""
@@ -20,12 +24,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", default="")
     args = parser.parse_args()
 
-    from tfrec.training.strategy import describe, make_strategy, split_logical_cpus
-
     if args.logical_cpus > 1:
         split_logical_cpus(args.logical_cpus)
-    from tfrec.config import load_config
-    from tfrec.data import load_data
+    # after split_logical_cpus: these build TensorFlow state, which must come after the CPU split
     from tfrec.retrieval.train import train_retrieval, training_pairs
     from tfrec.search.models import retrieval_model
     from tfrec.training.trainer import Trainer

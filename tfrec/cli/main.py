@@ -4,18 +4,36 @@ Contract for scripts: ``tfrec train`` ends by printing ``run_dir: <path>``; ``tf
 prints one ``export: <model_name> <version_path>`` line per SavedModel; ``tfrec serve`` prints
 ``serving: grpc=HOST:P rest=HOST:Q`` once every model is loaded. Errors exit non-zero with one
 line on stderr (the traceback only with ``--debug``).
+
+Output: stdout holds only the results a command exists to print; progress and notes are tfrec's
+log (:mod:`tfrec.log`), on stderr as ``[<stage>] message`` lines. ``--quiet`` keeps warnings
+only and turns progress bars off; ``--verbose`` adds debug lines and TensorFlow's own INFO logs.
 """
 from __future__ import annotations
 
 from tfrec import compat  # noqa: F401  (first: sets Keras 2 mode before anything imports TensorFlow)
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from tfrec import api
+from tfrec import log as tfrec_log
+from tfrec.benchmarks import run_benchmarks
+from tfrec.config import ConfigError, load_config
+from tfrec.data import download
+from tfrec.data.download import DownloadError
+from tfrec.data.errors import DataError
+from tfrec.data.stats import format_stats
+from tfrec.evaluation.compare import PerQuery, compare, default_pairs, format_comparison
+from tfrec.runs import RunFolder, RunIncomplete, create_run_dir
+from tfrec.serving.service import ProductCatalog, RecommendService, SearchService, format_hits
 from tfrec.version import __version__
+
+log = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -41,7 +59,8 @@ def _out(line: str) -> None:
     print(line, flush=True)
 
 
-def _info(line: str) -> None:
+def _error(line: str) -> None:
+    """An error or interruption line: always on stderr, whatever the log level."""
     print(line, file=sys.stderr, flush=True)
 
 
@@ -49,15 +68,11 @@ def _info(line: str) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from tfrec.config import load_config
-
     return load_config(args.config, args.set or [])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the configured models: search datasets train retrieval + ranker, evaluate, report."""
-    from tfrec import api
-
     if args.restart and not args.run_dir:
         raise UsageError("--restart needs --run-dir DIR, the run folder whose training starts over")
     try:
@@ -90,9 +105,6 @@ def _checkpoint_advice(err: RuntimeError, args: argparse.Namespace) -> str:
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     """Check a configuration's data and print its statistics."""
-    from tfrec import api
-    from tfrec.data.stats import format_stats
-
     data, stats = api.load_data(_load(args), sliced=False)
     for line in format_stats(stats):
         _out(line)
@@ -103,17 +115,13 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     """Download a public dataset from its official source and verify its checksum."""
-    from tfrec.data import download
-
-    folder = download.download(args.name, args.dest, url=args.url, sha256=args.sha256, progress=not args.quiet, force=args.force)
+    folder = download.download(args.name, args.dest, url=args.url, sha256=args.sha256, force=args.force)  # bar unless --quiet
     _out("dataset: %s %s" % (args.name, folder))
     return 0
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     """Turn a raw Kaggle Home Depot file into tfrec's products/train/valid/test CSVs."""
-    from tfrec.data import download
-
     folder = download.prepare_homedepot(args.raw, args.dest, force=args.force)
     _out("dataset: homedepot %s" % folder)
     return 0
@@ -121,8 +129,6 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's trained models as SavedModels (TF Serving layout: <dir>/<model>/<version>/) and/or check an export."""
-    from tfrec import api
-
     if args.run is None and not args.check:
         raise UsageError("tfrec export needs --run RUN_DIR (to export) or --check (to check an existing export)")
     try:
@@ -132,6 +138,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             api.check_export(args.export_dir)
     except api.UnsupportedError as err:
         raise UsageError(str(err)) from err
+    except RunIncomplete as err:
+        raise NotAvailable(str(err)) from err
     except api.ExportCheckError as err:
         raise CheckFailed(str(err)) from err
     return 0
@@ -139,25 +147,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Write a run's report (report.html, report.md, PNG charts) from what it saved, and print its summary."""
-    from tfrec import api
-    from tfrec.reports.evaluation import RunIncomplete
-
     try:
         report = api.evaluate(args.run)
     except RunIncomplete as err:
         raise NotAvailable(str(err)) from err
+    # The files written are what this command is for: results on stdout, like the summary.
     _out(report.summary)
-    _info("report: %s" % report.html)
+    _out("report: %s" % report.html)
     for figure in report.figures:
-        _info("chart: %s" % figure)
+        _out("chart: %s" % figure)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Paired bootstrap CIs between two runs (or two systems of one run) over their per-query metrics."""
     import json
-
-    from tfrec.evaluation.compare import PerQuery, compare, default_pairs, format_comparison
 
     if len(args.runs) not in (1, 2):
         raise UsageError("tfrec compare takes RUN_A RUN_B, or one RUN with --system and --against")
@@ -180,30 +184,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run the keras-tuner search declared in a config's `tune` section; writes best_config.yaml."""
-    from tfrec.runs import create_run_dir
-    from tfrec.training.tuning import run_tuning
+    # lazy: `tfrec --help` and the light commands start without TensorFlow
+    from tfrec.search.tuning import tune_search
+    from tfrec.training.tuning import results_table
 
     loaded = _load(args)
     run_dir = create_run_dir(loaded)
-    _info("tuning %s (%s, %d trials, objective %s on a holdout of the train queries) into %s" % (
+    log.info("tuning %s (%s, %d trials, objective %s on a holdout of the train queries) into %s" % (
         loaded.config.tune.target, loaded.config.tune.algorithm, loaded.config.tune.max_trials, loaded.config.tune.objective, run_dir))
     try:
-        run_tuning(loaded, out_dir=run_dir)
+        results = tune_search(loaded, out_dir=run_dir)
     except RuntimeError as err:
         raise CommandError(str(err)) from err
-    _out("best_config: %s" % (run_dir / "best_config.yaml"))
+    _out(results_table(results))
+    _out("best_config: %s" % RunFolder(run_dir).best_config)
     _out("run_dir: %s" % run_dir)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve an export folder over TF Serving's gRPC and REST APIs (a development stand-in for TF Serving)."""
-    import logging
-
+    # lazy: `tfrec --help` and the light commands start without TensorFlow
     from tfrec.serving.server import DevServer
 
-    # Loads, version swaps and failed loads are logged by tfrec.serving: show them on stderr.
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = DevServer(
         args.export_dir, host=args.host, grpc_port=args.grpc_port, rest_port=args.rest_port,
         model_config_file=args.model_config_file, poll_seconds=args.poll_seconds,
@@ -212,7 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_concurrent_executions=args.max_concurrent_executions, max_queued_requests=args.max_queued_requests,
         rest_workers=args.rest_workers, rest_timeout_seconds=args.rest_timeout_seconds,
     )
-    _info("loading the models of %s (development server; production uses TensorFlow Serving, see serving/) ..." % args.export_dir)
+    log.info("loading the models of %s (development server; production uses TensorFlow Serving, see serving/) ...", args.export_dir)
     server.start()
     _out("serving: grpc=%s rest=%s" % (server.grpc_address, server.rest_address))
     server.serve_forever()  # returns after SIGINT/SIGTERM, having stopped the server
@@ -220,6 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
+    # lazy: `tfrec --help` and the light commands start without TensorFlow
     from tfrec.serving.grpc_client import GrpcClient
     from tfrec.serving.rest_client import RestClient
 
@@ -230,8 +234,6 @@ def _client(args: argparse.Namespace):
 
 
 def _catalog(args: argparse.Namespace, model: str, required: bool):
-    from tfrec.serving.service import ProductCatalog
-
     try:
         if args.catalog:
             return ProductCatalog.from_file(Path(args.catalog))
@@ -239,7 +241,7 @@ def _catalog(args: argparse.Namespace, model: str, required: bool):
     except FileNotFoundError as err:
         if required:
             raise FileNotFoundError("%s (the ranker needs titles: pass --catalog FILE, or --no-rerank)" % err) from err
-        _info("note: no catalog found (%s); results show ids only" % err)
+        log.warning("no catalog found (%s); results show ids only", err)
         return None
 
 
@@ -247,8 +249,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Search served models: retrieve top-K, look up titles, re-rank, print the final list."""
     import json
 
+    # lazy: `tfrec --help` and the light commands start without TensorFlow
     from tfrec.serving.grpc_client import ServingError
-    from tfrec.serving.service import SearchService, format_hits
 
     catalog = _catalog(args, "search_retrieval", required=not args.no_rerank)
     with _client(args) as client:
@@ -269,8 +271,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     """Recommend from served models: items for a history (--history) or items similar to one (--similar)."""
     import json
 
+    # lazy: `tfrec --help` and the light commands start without TensorFlow
     from tfrec.serving.grpc_client import ServingError
-    from tfrec.serving.service import RecommendService, format_hits
 
     if bool(args.history) == bool(args.similar):
         raise UsageError("give exactly one of --history ID,ID,... or --similar ID")
@@ -297,8 +299,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmarks and write their results under --out."""
-    from tfrec.benchmarks import run_benchmarks
-
     for path in run_benchmarks(Path(args.out), only=args.only, data_config=args.config, export_dir=Path(args.export_dir)):
         _out("bench: %s" % path)
     return 0
@@ -310,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _add_config_args(parser: argparse.ArgumentParser, default: Optional[str] = "configs/default.yaml") -> None:
     parser.add_argument("--config", default=default, metavar="FILE", help="YAML config (default: %(default)s)")
     parser.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set train.batch_size=64 (repeatable)"
+        "--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set retrieval.batch_size=32 (repeatable)"
     )
 
 
@@ -318,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tfrec`` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    # Before or after the subcommand; the log goes to stderr, results to stdout either way.
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="log warnings only, no progress bars (results still print)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log debug lines too, and TensorFlow's own INFO logs")
 
     parser = argparse.ArgumentParser(
         prog="tfrec",
@@ -366,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tune", cmd_tune, "run a keras-tuner search declared in a config")
     _add_config_args(p)
     p = add("serve", cmd_serve, "serve an export folder over TF Serving's gRPC/REST APIs (development server)")
+    p.set_defaults(log_timestamps=True)  # a long-running server's loads and version swaps read better with times
     p.add_argument("--export-dir", default="export", metavar="DIR", help="the export folder (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 exposes it to the network)")
     p.add_argument("--grpc-port", type=int, default=8500, metavar="P", help="gRPC port (default: %(default)s; 0 picks a free one)")
@@ -429,7 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="a mirror URL instead of the official source")
     p.add_argument("--sha256", default=None, help="expected SHA-256 (needed with a mirror of another file)")
     p.add_argument("--force", action="store_true", help="download again even if the folder exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = data_sub.add_parser("prepare", parents=[common], help="prepare a raw Kaggle Home Depot download", description=cmd_data_prepare.__doc__)
     p.set_defaults(func=cmd_data_prepare)
     p.add_argument("dataset", choices=["homedepot"])
@@ -441,30 +446,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``tfrec`` console script."""
-    from tfrec.config import ConfigError
-    from tfrec.data.download import DownloadError
-    from tfrec.data.errors import DataError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if quiet and verbose:
+        parser.error("--quiet and --verbose do not go together")
+    if verbose:
+        tfrec_log.show_tensorflow_info()
     expected = (ConfigError, DataError, DownloadError, NotAvailable, CommandError, FileNotFoundError, ValueError, OSError, compat.CompatibilityError)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _info("tfrec: interrupted")
-        return 130
-    except expected as err:
-        if debug:
-            raise
-        code = EXIT_USAGE if isinstance(err, (NotAvailable, UsageError)) else EXIT_ERROR
-        _info("tfrec %s: error: %s" % (args.command, _one_line(err)))
-        return code
-    except Exception as err:  # noqa: BLE001 (unexpected: still one line, the traceback behind --debug)
-        if debug:
-            raise
-        _info("tfrec %s: internal error: %s: %s (run again with --debug for the traceback)" % (args.command, type(err).__name__, _one_line(err)))
-        return EXIT_ERROR
+    # Restored on return, so a run in-process (tests, a notebook) leaves the caller's logging as it was.
+    with tfrec_log.configured(-1 if quiet else int(verbose), timestamps=getattr(args, "log_timestamps", False)):
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            _error("tfrec: interrupted")
+            return 130
+        except expected as err:
+            if debug:
+                raise
+            code = EXIT_USAGE if isinstance(err, (NotAvailable, UsageError)) else EXIT_ERROR
+            _error("tfrec %s: error: %s" % (args.command, _one_line(err)))
+            return code
+        except Exception as err:  # noqa: BLE001 (unexpected: still one line, the traceback behind --debug)
+            if debug:
+                raise
+            _error("tfrec %s: internal error: %s: %s (run again with --debug for the traceback)" % (args.command, type(err).__name__, _one_line(err)))
+            return EXIT_ERROR
 
 
 def _one_line(err: BaseException) -> str:

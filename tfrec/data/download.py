@@ -29,6 +29,7 @@ from typing import Iterable, Literal
 from tqdm import tqdm
 
 from tfrec.data.errors import DataError
+from tfrec.log import progress_bars
 from tfrec.version import __version__
 
 ArchiveKind = Literal["zip-flat", "manual"]
@@ -216,7 +217,7 @@ def _fetch(
     length = response.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else expected_size
     with response, open(path, "wb") as out, tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not (progress and progress_bars())
     ) as bar:
         while True:
             try:

@@ -26,6 +26,9 @@ def _catalog_stats(catalog: Catalog) -> dict[str, Any]:
     out["items_sharing_their_text"] = len(catalog) - distinct
     for name, values in catalog.numeric.items():
         out["numeric_%s_missing" % name] = int(np.isnan(values).sum())
+    for name, values in catalog.categorical.items():
+        out["categorical_%s_values" % name] = len(set(values.tolist()) - {""})
+        out["categorical_%s_missing" % name] = int((values == "").sum())
     return out
 
 

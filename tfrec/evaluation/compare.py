@@ -14,8 +14,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfrec.evaluation.search import paired_bootstrap
+from tfrec.runs import RunFolder
 
-PER_QUERY_FILE = "per_query.npz"
+PER_QUERY_FILE = RunFolder(Path()).per_query.name  # the file's name, for callers that write it by name
 KEYS = "keys"
 
 
@@ -43,12 +44,14 @@ class PerQuery:
 
     @classmethod
     def load(cls, run_or_file: Path) -> "PerQuery":
-        """Read ``per_query.npz`` of a run folder (or the file itself)."""
+        """Read ``per_query.npz`` of a run folder whose training finished (or the file itself)."""
         path = Path(run_or_file)
         if not path.exists():
             raise FileNotFoundError("%s: no run folder or per-query file there" % path)
         if path.is_dir():
-            path = path / PER_QUERY_FILE
+            folder = RunFolder(path)
+            folder.require_finished()  # a running or failed run may hold an earlier attempt's file
+            path = folder.per_query
         if not path.is_file():
             raise FileNotFoundError("%s not found: runs trained with this version of tfrec save it; re-run `tfrec train`" % path)
         try:

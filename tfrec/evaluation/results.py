@@ -15,8 +15,9 @@ import numpy as np
 
 from tfrec.evaluation.search import SearchEvalSet
 from tfrec.files import write_bytes_atomic
+from tfrec.runs import RunFolder
 
-TOP_RESULTS_FILE = "top_results.json"
+TOP_RESULTS_FILE = RunFolder(Path()).top_results.name  # the file's name, for callers that write it by name
 FORMAT = "tfrec.top_results/1"
 
 

@@ -11,6 +11,7 @@ pairs); one Home Depot training epoch (~60k pairs) would take ~25 minutes there.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Literal, Optional
@@ -18,6 +19,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from tfrec import compat
+from tfrec.log import progress_bars
 from tfrec.schedules import WarmupLinearDecay
 from tfrec.ranking import PADDING_SCORE
 from tfrec.ranking.losses import ranking_loss
@@ -26,6 +28,7 @@ from tfrec.text.model_files import ModelFiles, ModelFilesError, resolve_model_fi
 from tfrec.text.tokenizer import BertTokenizerLayer
 
 tf = compat.tensorflow()
+log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls"]
 WARMUP_FRACTION = 0.1
@@ -227,9 +230,9 @@ def train_cross_encoder(
     history: dict = {"loss": [], "step_loss": [], "pairs_per_second": [], "steps": 0, "pairs": 0, "seconds": 0.0}
     for epoch in range(epochs):
         order = rng.permutation(len(queries))
-        bar = tf.keras.utils.Progbar(steps_per_epoch, stateful_metrics=["pairs/s"]) if progress else None
+        bar = tf.keras.utils.Progbar(steps_per_epoch, stateful_metrics=["pairs/s"]) if progress and progress_bars() else None
         if progress:
-            print("cross-encoder epoch %d/%d" % (epoch + 1, epochs))
+            log.info("cross-encoder epoch %d/%d", epoch + 1, epochs)
         start, pairs, losses = time.perf_counter(), 0, []
         for step in range(steps_per_epoch):
             rows = order[step * batch_size : (step + 1) * batch_size]

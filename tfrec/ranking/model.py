@@ -13,9 +13,9 @@ Both are set after training (:meth:`RankerHead.set_dense_fusion`; 0 and 1 leave 
 as it is). The catalog's mean vector and covariance give each query's mean and standard
 deviation over the catalog without scoring it, so the score stays a function of one item.
 
-The head works on precomputed vectors, so training and evaluation never re-run BERT; the
-export (tfrec.search.export) wraps it with the in-graph encoders and lexical scorer so the
-SavedModel takes raw strings.
+The head works on precomputed vectors, so training and evaluation never re-run BERT. Its inputs
+come from one in-graph preprocessing layer, :class:`tfrec.search.features.RankerFeatures`, in
+training and in the export (which adds the encoders, so the SavedModel takes raw strings).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from tfrec import compat
+from tfrec.evaluation.zscore import zscore
 from tfrec.text.fusion import FeatureFusion
 
 tf = compat.tensorflow()
@@ -141,8 +142,8 @@ class RankerHead(tf.keras.Model):
         q = inputs["query_vector"]
         mean, std = self.catalog_stats(q)
         cos = tf.reduce_sum(q[:, None, :] * inputs["product_vector"], axis=-1)
-        # The hybrid's zscore() adds the same 1e-6; a zero std (no catalog set yet) gives zeros.
-        return tf.where(std > 0, (cos - mean) / (std + 1e-6), tf.zeros_like(cos))
+        # The hybrid retrieval's z-score, from moments without scoring the catalog; a zero std (no catalog set yet) gives zeros.
+        return zscore(cos, mean, std)
 
     def adapt_lexical(self, lexical_items: Any) -> None:
         """Set the lexical feature normalization from the real items [n, F] of the training lists."""

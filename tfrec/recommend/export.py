@@ -23,8 +23,8 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.recommend.model import SequentialRecommender, pad_front
-from tfrec.search.export import catalog_json
 from tfrec.serving.bounded import DEFAULT_CHUNK_ROWS, map_row_chunks
+from tfrec.serving.catalog_file import catalog_json
 from tfrec.serving.publish import ExportSet
 from tfrec.serving.savedmodel import predict_log
 from tfrec.serving.service import CATALOG_FILE, RECOMMENDER_MODEL, SIMILAR_MODEL

@@ -28,10 +28,15 @@ retrieval score stays a dot product of a user vector and a movie vector). Retrie
 title (``full``) or over the batch (``in_batch``, tfrs Retrieval); rating: an MLP on the two
 rating vectors, squared error. Both losses are per-example means, so weights of 1 and 1 add one
 cross-entropy and one squared error per pair.
+
+The run (:func:`train_movielens`): :func:`prepare_inputs` (split, titles, text vectors, pairs) ->
+:func:`train_variant` for the configured settings and each swept (mixture, weighting) -> a typed
+:class:`MovieLensMetrics` whose ``to_json()`` is metrics.json. The report is rendered from that
+file afterwards (:mod:`tfrec.reports.movielens`).
 """
 from __future__ import annotations
 
-import json
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,12 +47,16 @@ import numpy as np
 from tfrec import compat
 from tfrec.config.schema import Config
 from tfrec.data.tables import Catalog, RecommendationData
+from tfrec.runs import MOVIELENS, RunFolder, write_json
 from tfrec.text.fusion import FeatureFusion
 from tfrec.training.trainer import Trainer, TrainResult, epoch_seed
+from tfrec.text.catalog import catalog_text_features
 
 tf = compat.tensorflow()
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after compat: Keras 2 mode)
+
+log = logging.getLogger(__name__)
 
 TASKS = ("retrieval", "rating")
 MIXTURES = ("shared_bottom", "mmoe")
@@ -147,19 +156,17 @@ class Pairs:
 
 def pairs_of(data: RecommendationData, positions: np.ndarray, titles: MovieTitles) -> Pairs:
     """The interaction-log rows at ``positions`` as :class:`Pairs`."""
-    log = data.interactions
-    if log is None or log.ratings is None:
+    ratings = data.interactions
+    if ratings is None or ratings.ratings is None:
         raise ValueError("dataset %r has no rated interaction log (MovieLens u.data)" % data.name)
     positions = np.asarray(positions, dtype=np.int64)
-    rows = log.items[positions].astype(np.int32)
-    return Pairs(users=log.users[positions].astype(str).astype(object), rows=rows, titles=titles.of_row[rows],
-                 ratings=log.ratings[positions].astype(np.float32))
+    rows = ratings.items[positions].astype(np.int32)
+    return Pairs(users=ratings.users[positions].astype(str).astype(object), rows=rows, titles=titles.of_row[rows],
+                 ratings=ratings.ratings[positions].astype(np.float32))
 
 
 def title_text_vectors(titles: MovieTitles, text_cfg: Any, progress: bool = False) -> np.ndarray:
     """Frozen MiniLM vectors [n_titles, 384] of "title | genres" (cached on disk by the text cache)."""
-    from tfrec.text.catalog import catalog_text_features  # loads the BERT stack: only when text is used
-
     vectors, _ = catalog_text_features(titles.texts.tolist(), text_cfg, progress=progress)
     return np.asarray(vectors, dtype=np.float32)
 
@@ -470,21 +477,46 @@ def _batched(function: Any, features: Mapping[str, np.ndarray], n: int) -> np.nd
     return np.concatenate([np.asarray(o) for o in outputs], axis=0)
 
 
-def evaluate(model: MovieLensModel, pairs: Pairs, titles: MovieTitles, *, own: float = 0.0,
-             ks: Sequence[int] = TOP_KS) -> dict[str, float]:
+@dataclass(frozen=True)
+class PairMetrics:
+    """A model's numbers on a set of pairs: top-K accuracy per k, rating RMSE, each task's loss and their weighted sum."""
+
+    top_k_accuracy: dict[int, float]
+    rating_rmse: float
+    rating_loss: float
+    retrieval_loss: float
+    objective: float  # rating_weight * rating_loss + retrieval_weight * retrieval_loss
+
+    def to_json(self) -> dict[str, float]:
+        """``{"top_<k>_accuracy": ..., "rating_rmse", "rating_loss", "retrieval_loss", "objective"}`` (metrics.json's ``test``)."""
+        return {**{"top_%d_accuracy" % k: v for k, v in self.top_k_accuracy.items()}, "rating_rmse": self.rating_rmse,
+                "rating_loss": self.rating_loss, "retrieval_loss": self.retrieval_loss, "objective": self.objective}
+
+
+def evaluate_pairs(model: MovieLensModel, pairs: Pairs, titles: MovieTitles, *, own: float = 0.0,
+                   ks: Sequence[int] = TOP_KS) -> PairMetrics:
     """Top-K accuracy over the 1,682 catalog rows (as the tutorial's FactorizedTopK), rating RMSE and losses."""
     features = _features(pairs, own)
     queries = _batched(lambda f: model.query_vectors(f["user"], f["title"], f["own"]), features, len(pairs))
     candidates = model.candidate_vectors().numpy()[titles.of_row]
-    metrics = top_k_accuracy(queries, candidates, pairs.rows, ks)
+    accuracy = top_k_accuracy(queries, candidates, pairs.rows, ks)
     predicted = _batched(lambda f: model(f)[1], features, len(pairs))
-    metrics["rating_rmse"] = float(np.sqrt(np.mean((predicted - pairs.ratings) ** 2)))
     losses = _batched(lambda f: tf.stack([v for _, v in sorted(model.task_losses(f).items())])[None, :], features, len(pairs))
     sizes = np.array([min(EVAL_BATCH, len(pairs) - s) for s in range(0, len(pairs), EVAL_BATCH)], np.float64)
     means = dict(zip(sorted(TASKS), (sizes @ losses) / sizes.sum()))
-    metrics["rating_loss"], metrics["retrieval_loss"] = float(means["rating"]), float(means["retrieval"])
-    metrics["objective"] = model.settings.rating_weight * metrics["rating_loss"] + model.settings.retrieval_weight * metrics["retrieval_loss"]
-    return metrics
+    rating_loss, retrieval_loss = float(means["rating"]), float(means["retrieval"])
+    return PairMetrics(
+        top_k_accuracy={k: accuracy["top_%d_accuracy" % k] for k in ks},
+        rating_rmse=float(np.sqrt(np.mean((predicted - pairs.ratings) ** 2))), rating_loss=rating_loss,
+        retrieval_loss=retrieval_loss,
+        objective=model.settings.rating_weight * rating_loss + model.settings.retrieval_weight * retrieval_loss,
+    )
+
+
+def evaluate(model: MovieLensModel, pairs: Pairs, titles: MovieTitles, *, own: float = 0.0,
+             ks: Sequence[int] = TOP_KS) -> dict[str, float]:
+    """:func:`evaluate_pairs` as a flat dict (what the Trainer's validation and the benchmark read)."""
+    return evaluate_pairs(model, pairs, titles, own=own, ks=ks).to_json()
 
 
 # ----------------------------------------------------------------------------- training
@@ -513,6 +545,92 @@ def fit(settings: MovieLensSettings, titles: MovieTitles, text_vectors: Optional
                        lambda epoch: pairs_dataset(train, settings.batch_size, seed, epoch), epochs, validate=validate)
 
 
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True, eq=False)
+class MovieLensInputs:
+    """What every trained variant shares: the split, the titles, their text vectors and the three sets of pairs."""
+
+    split: TutorialSplit
+    titles: MovieTitles
+    text_vectors: Optional[np.ndarray]
+    fit: Pairs  # the training pairs minus the holdout
+    holdout: Pairs  # chooses the epochs
+    test: Pairs  # only ever used for the reported numbers
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """One trained (mixture, weighting): its training, its holdout-best epoch's numbers and its test metrics."""
+
+    mixture: str
+    rating_weight: float
+    retrieval_weight: float
+    configured: bool  # the config's own settings (the others are the sweep)
+    epochs_run: int
+    best_epoch: Optional[int]  # 1-based
+    train_seconds: float
+    train_examples_per_s: float
+    holdout: dict[str, float]
+    test: PairMetrics
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of metrics.json's ``runs``."""
+        return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "test": self.test.to_json()}
+
+
+@dataclass(frozen=True)
+class MovieLensMetrics:
+    """A MovieLens multi-task run's results; ``to_json()`` is its metrics.json."""
+
+    dataset: str
+    split: dict[str, Any]
+    settings: MovieLensSettings
+    text_features: str
+    runs: list[VariantRun]
+    seconds: float
+
+    @property
+    def configured(self) -> VariantRun:
+        """The run of the config's own settings."""
+        return next(r for r in self.runs if r.configured)
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of metrics.json."""
+        return {
+            "task": MOVIELENS,
+            "dataset": self.dataset,
+            "split": self.split,
+            "evaluation": "test pairs; top-K accuracy over the 1,682 catalog rows scored through their titles "
+                          "(tfrs FactorizedTopK semantics, nothing excluded); rating RMSE on the same pairs",
+            "selection": "epochs chosen by early stopping on the holdout's weighted loss (patience %d); the holdout-best "
+                         "model is evaluated on test once" % self.settings.patience,
+            "settings": asdict(self.settings),
+            "text_features": self.text_features,
+            "runs": [r.to_json() for r in self.runs],
+            "seconds": self.seconds,
+            "configured": self.configured.to_json(),
+        }
+
+
+def _require_rated_log(loaded: Any, data: RecommendationData) -> None:
+    if data.interactions is None or data.interactions.ratings is None or len(data.interactions) < 100:
+        raise loaded.error("data.dataset", "the MovieLens multi-task run needs a rated interaction log (u.data); %r has %s"
+                           % (data.name, "none" if data.interactions is None else "%d rows" % len(data.interactions)))
+
+
+def prepare_inputs(config: Config, data: RecommendationData, settings: MovieLensSettings, progress: bool = False) -> MovieLensInputs:
+    """The tutorial split, the holdout of its training part, the movie titles and (when used) their text vectors."""
+    train_size, test_size = tutorial_sizes(len(data.interactions))
+    split = tutorial_split(len(data.interactions), train_size=train_size, test_size=test_size)
+    titles = movie_titles(data.catalog)
+    vectors = title_text_vectors(titles, config.text, progress=progress) if (settings.item_text or settings.user_history) else None
+    fit_rows, holdout_rows = holdout_split(split.train, config.recommendation.multitask.holdout_fraction, config.run.seed)
+    return MovieLensInputs(split, titles, vectors, pairs_of(data, fit_rows, titles), pairs_of(data, holdout_rows, titles),
+                           pairs_of(data, split.test, titles))
+
+
 def _unique_weightings(first: tuple[float, float], more: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
     out: list[tuple[float, float]] = []
     for pair in [first, *[tuple(w) for w in more]]:
@@ -522,70 +640,61 @@ def _unique_weightings(first: tuple[float, float], more: Sequence[Sequence[float
     return out
 
 
-def train_movielens(loaded: Any, data: RecommendationData, run_dir: Path, progress: bool = True) -> dict:
-    """Train the configured multi-task model and the weighting sweep; evaluate on the 20,000 test pairs; write reports."""
-    from tfrec.recommend.movielens_report import write_reports
-
-    config: Config = loaded.config
-    started = time.perf_counter()
-    if data.interactions is None or data.interactions.ratings is None or len(data.interactions) < 100:
-        raise loaded.error("data.dataset", "the MovieLens multi-task run needs a rated interaction log (u.data); %r has %s"
-                           % (data.name, "none" if data.interactions is None else "%d rows" % len(data.interactions)))
-    settings = settings_from_config(config)
-    multi = config.recommendation.multitask
-    train_size, test_size = tutorial_sizes(len(data.interactions))
-    split = tutorial_split(len(data.interactions), train_size=train_size, test_size=test_size)
-    titles = movie_titles(data.catalog)
-    vectors = title_text_vectors(titles, config.text, progress=progress) if (settings.item_text or settings.user_history) else None
-    fit_rows, holdout_rows = holdout_split(split.train, multi.holdout_fraction, config.run.seed)
-    fit_pairs, holdout_pairs = pairs_of(data, fit_rows, titles), pairs_of(data, holdout_rows, titles)
-    test_pairs = pairs_of(data, split.test, titles)
+def sweep(settings: MovieLensSettings, multi: Any) -> list[MovieLensSettings]:
+    """The configured settings first, then every other (mixture, weighting) of ``recommendation.multitask``, once each."""
     mixtures = list(dict.fromkeys([settings.mixture, *multi.sweep_mixtures]))
-    runs = []
-    for mixture in mixtures:
-        for weighting in _unique_weightings(settings.weighting, multi.weightings):
-            variant = replace(settings, mixture=mixture, rating_weight=weighting[0], retrieval_weight=weighting[1])
-            if progress:
-                print("[movielens] %s, rating_weight=%g, retrieval_weight=%g" % (mixture, *weighting), flush=True)
-            tf.keras.utils.set_random_seed(config.run.seed)  # each variant starts from the same draws
-            model, result = fit(variant, titles, vectors, fit_pairs, holdout=holdout_pairs, seed=config.run.seed, progress=progress)
-            test = evaluate(model, test_pairs, titles)
-            best = result.history[result.best_epoch] if result.best_epoch is not None else result.history[-1]
-            runs.append({
-                "mixture": mixture, "rating_weight": weighting[0], "retrieval_weight": weighting[1],
-                "configured": variant == settings, "epochs_run": result.epochs_run,
-                "best_epoch": None if result.best_epoch is None else result.best_epoch + 1,
-                "train_seconds": round(result.seconds, 1), "train_examples_per_s": round(result.examples_per_second, 1),
-                "holdout": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
-                "test": test,
-            })
-    metrics = {
-        "task": "movielens-multitask",
-        "dataset": data.name,
-        "split": {"procedure": "the TFRS tutorials' shuffle (seed 42, buffer 100,000) of the u.data rows in file order, "
-                               "take %s then the next %s: the recipe's procedure, not TFDS's row order"
-                               % ("{:,}".format(len(split.train)), "{:,}".format(len(split.test))),
-                  "train": len(split.train), "test": len(split.test), "fit": len(fit_pairs), "holdout": len(holdout_pairs),
-                  "holdout_seed": config.run.seed},
-        "evaluation": "test pairs; top-K accuracy over the 1,682 catalog rows scored through their titles "
-                      "(tfrs FactorizedTopK semantics, nothing excluded); rating RMSE on the same pairs",
-        "selection": "epochs chosen by early stopping on the holdout's weighted loss (patience %d); the holdout-best "
-                     "model is evaluated on test once" % settings.patience,
-        "settings": asdict(settings),
-        "text_features": "frozen MiniLM of 'title | genres' (cached)" if vectors is not None else "none",
-        "runs": runs,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    metrics["configured"] = next(r for r in runs if r["configured"])
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    write_reports(metrics, run_dir)
-    return metrics
+    return [replace(settings, mixture=mixture, rating_weight=weighting[0], retrieval_weight=weighting[1])
+            for mixture in mixtures for weighting in _unique_weightings(settings.weighting, multi.weightings)]
+
+
+def train_variant(variant: MovieLensSettings, inputs: MovieLensInputs, *, configured: bool, seed: int,
+                  progress: bool = False) -> VariantRun:
+    """Train one variant early-stopped on the holdout, then evaluate its holdout-best model on the test pairs once."""
+    log.info("%s, rating_weight=%g, retrieval_weight=%g", variant.mixture, variant.rating_weight, variant.retrieval_weight)
+    tf.keras.utils.set_random_seed(seed)  # each variant starts from the same draws
+    model, result = fit(variant, inputs.titles, inputs.text_vectors, inputs.fit, holdout=inputs.holdout, seed=seed, progress=progress)
+    test = evaluate_pairs(model, inputs.test, inputs.titles)
+    best = result.history[result.best_epoch] if result.best_epoch is not None else result.history[-1]
+    return VariantRun(
+        mixture=variant.mixture, rating_weight=variant.rating_weight, retrieval_weight=variant.retrieval_weight,
+        configured=configured, epochs_run=result.epochs_run,
+        best_epoch=None if result.best_epoch is None else result.best_epoch + 1,
+        train_seconds=round(result.seconds, 1), train_examples_per_s=round(result.examples_per_second, 1),
+        holdout={k[4:]: v for k, v in best.items() if k.startswith("val_")}, test=test,
+    )
+
+
+def split_summary(inputs: MovieLensInputs, seed: int) -> dict[str, Any]:
+    """metrics.json's ``split``: how the pairs were split and the size of each part."""
+    train, test = len(inputs.split.train), len(inputs.split.test)
+    return {"procedure": "the TFRS tutorials' shuffle (seed 42, buffer 100,000) of the u.data rows in file order, "
+                         "take %s then the next %s: the recipe's procedure, not TFDS's row order"
+                         % ("{:,}".format(train), "{:,}".format(test)),
+            "train": train, "test": test, "fit": len(inputs.fit), "holdout": len(inputs.holdout), "holdout_seed": seed}
+
+
+def train_movielens(loaded: Any, data: RecommendationData, run_dir: Path, progress: bool = True) -> dict:
+    """Train the configured multi-task model and the weighting sweep, evaluate each on the test pairs; write metrics.json."""
+    started = time.perf_counter()
+    config: Config = loaded.config
+    _require_rated_log(loaded, data)
+    settings = settings_from_config(config)
+    inputs = prepare_inputs(config, data, settings, progress)
+    runs = [train_variant(variant, inputs, configured=variant == settings, seed=config.run.seed, progress=progress)
+            for variant in sweep(settings, config.recommendation.multitask)]
+    metrics = MovieLensMetrics(
+        dataset=data.name, split=split_summary(inputs, config.run.seed), settings=settings,
+        text_features="frozen MiniLM of 'title | genres' (cached)" if inputs.text_vectors is not None else "none",
+        runs=runs, seconds=round(time.perf_counter() - started, 1),
+    )
+    write_json(RunFolder(run_dir).metrics, metrics.to_json())
+    return metrics.to_json()
 
 
 __all__ = [
-    "MIXTURES", "MovieLensModel", "MovieLensSettings", "MovieTitles", "Pairs", "TaskMixture", "TutorialSplit",
-    "build_model", "evaluate", "fit", "holdout_split", "movie_titles", "pairs_dataset", "pairs_of", "settings_from_config",
-    "title_text_vectors", "top_k_accuracy", "train_movielens", "tutorial_sizes", "tutorial_split",
+    "MIXTURES", "MovieLensInputs", "MovieLensMetrics", "MovieLensModel", "MovieLensSettings", "MovieTitles",
+    "PairMetrics", "Pairs", "TaskMixture", "TutorialSplit", "VariantRun", "build_model", "evaluate", "evaluate_pairs",
+    "fit", "holdout_split", "movie_titles", "pairs_dataset", "pairs_of", "prepare_inputs", "settings_from_config",
+    "split_summary", "sweep", "title_text_vectors", "top_k_accuracy", "train_movielens", "train_variant",
+    "tutorial_sizes", "tutorial_split",
 ]

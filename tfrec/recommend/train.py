@@ -15,6 +15,7 @@ from tfrec import compat
 from tfrec.config.schema import RecommendationConfig
 from tfrec.data.tables import Catalog, Sequences
 from tfrec.recommend.model import SequentialRecommender
+from tfrec.training.trainer import Trainer, TrainResult, epoch_seed
 
 tf = compat.tensorflow()
 
@@ -92,15 +93,13 @@ def fit_recommender(
     build: Callable[[], SequentialRecommender],
     train: Sequences,
     cfg: RecommendationConfig,
-    trainer: Any,
+    trainer: Trainer,
     *,
     epochs: int,
     seed: int,
     validate: Optional[Callable[[Any], dict]] = None,
-) -> tuple[SequentialRecommender, Any]:
+) -> tuple[SequentialRecommender, TrainResult]:
     """Train ``epochs`` epochs with tfrec's Trainer; returns (model, TrainResult)."""
-    from tfrec.training.trainer import epoch_seed
-
     arrays = example_arrays(train, cfg.max_history)
     return trainer.fit(build, lambda epoch: epoch_dataset(arrays, cfg.batch_size, epoch_seed(seed, epoch)), epochs,
                        validate=validate)

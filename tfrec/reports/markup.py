@@ -11,6 +11,7 @@ from html import escape
 from pathlib import Path
 from typing import Sequence, Union
 
+from tfrec.files import write_bytes_atomic
 from tfrec.reports.tables import Cell, Table
 
 MARKDOWN_FILE = "report.md"
@@ -271,8 +272,6 @@ def write_report(run_dir: Path, title: str, blocks: Sequence[Block], chart_names
     ``chart_names`` are every chart this kind of report can hold: one left from an earlier
     report that this one lacks is deleted, since it would contradict the new report.
     """
-    from tfrec.files import write_bytes_atomic
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     figures = {block.file_name: block for block in blocks if isinstance(block, Figure)}

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from tfrec.config.schema import Config
 from tfrec.reports.markup import Block, Bullets, Figure, Heading, Paragraph, TableBlock, write_report
 from tfrec.reports.metrics import metric_label
 from tfrec.reports.plots import BarRow, Panel, bar_panels, color_for, to_png
@@ -216,6 +217,38 @@ def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str], e
     if notes:
         blocks += [Heading("Notes"), Bullets(tuple(str(n) for n in notes))]
     return blocks + [Heading("Metric conventions"), _conventions(report)]
+
+
+def report_notes(cfg: Config, metrics: Mapping[str, Any]) -> list[str]:
+    """The report's notes on a recommendation run: split, model, epoch selection, cold targets, similar items."""
+    rc = cfg.recommendation
+    sel = metrics["training"]["selection"]
+    notes = [
+        "Valid split, full ranking over all %d items; one target per user; user history items %s."
+        % (metrics.get("n_items", 0), "excluded" if rc.exclude_history else "NOT excluded (config recommendation.exclude_history)"),
+        "Model: %s encoder over items = fusion(frozen BERT text vector, item-id embedding), %d-d, %s softmax, temperature %g."
+        % (rc.encoder, rc.dim, rc.softmax, rc.temperature),
+        "Epochs chosen on each user's newest training example (never valid): best epoch %d of %d run; %s."
+        % (sel["best_epoch"], sel["epochs_run"], "then re-trained on all training examples" if metrics["training"]["refit"] else "no re-training"),
+    ]
+    sc = metrics.get("seen_cold", {})
+    model = sc.get(metrics.get("model", ""), {})
+    cold = model.get("cold")
+    notes.append("Valid targets never seen in training (cold, reachable through their text only): %d of %d%s." % (
+        sc.get("cold_targets", 0), sc.get("valid_targets", 0),
+        "; model recall@10 on them %.3f, on seen targets %.3f" % (cold["recall@10"], model["seen"]["recall@10"]) if cold else ""))
+    similar = metrics.get("similar_items", {})
+    if "item tower" in similar:
+        notes.append("Similar items (item tower, %s index): the valid target is among the 10 items most similar to the user's newest "
+                     "history item for %.3f of users (zero-shot text similarity: %s)." % (
+                         cfg.retrieval.index, similar["item tower"]["recall@10"],
+                         "%.3f" % similar["zero-shot text"]["recall@10"] if "zero-shot text" in similar else "n/a"))
+        for sample in similar.get("samples", [])[:3]:
+            notes.append("Similar to '%s': %s" % (sample["item"], "; ".join(sample["similar"][:3])))
+    if cfg.data.dataset == "amazon-scientific":
+        notes.append("Published context (test split of a larger 8,442-user cut, so a rough guide only): UniSRec recall@10 about "
+                     "0.119, MISSRec 0.128 (../shared/datasets/README.md).")
+    return notes
 
 
 def write_recommendation_report(run_dir: Path, report: dict, title: str, notes: list[str],

@@ -8,6 +8,11 @@ weights. The product tower adds the id (and any catalog features) through a resi
 Cold start: the id vocabulary holds training products only and every other id gets an exactly
 zero id embedding, so an unseen product is scored from its title alone; ``id_dropout`` trains
 that path on seen products too (../shared/datasets/README.md, the leakage trap).
+
+Catalog features: given a ``CatalogFeatureLookup`` (the catalog's numeric and categorical
+columns), the product tower looks them up by product id in-graph and fuses them too; training
+pairs, catalog encoding and the exports still pass only (product_id, title). Without one the
+model has exactly the variables (and numbers) it had before catalog features existed.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from tfrec import compat
 from tfrec.text.encoder import TextEncoder, load_bert
-from tfrec.text.fusion import FeatureFusion
+from tfrec.text.fusion import CatalogFeatureLookup, FeatureFusion
 from tfrec.text.model_files import ModelFiles
 
 tf = compat.tensorflow()
@@ -40,6 +45,7 @@ class SearchRetrievalModel(tfrs.models.Model):
         id_embedding_dim: int = 64,
         id_dropout: float = 0.5,
         fusion_hidden_units: Sequence[int] = (256,),
+        catalog_features: Optional[CatalogFeatureLookup] = None,
         seed: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
@@ -50,6 +56,7 @@ class SearchRetrievalModel(tfrs.models.Model):
         common = dict(pad_to="batch", training_mode=training_mode, trainable_layers=trainable_layers, bert=bert)
         self.query_encoder = TextEncoder(files, max_length=query_max_length, name="query_encoder", **common)
         self.title_encoder = TextEncoder(files, max_length=title_max_length, name="title_encoder", **common)
+        self.catalog_features = catalog_features
         self.product_fusion = FeatureFusion(
             self.title_encoder.output_dim,
             id_vocabulary=list(product_vocabulary) if len(product_vocabulary) else None,
@@ -60,6 +67,7 @@ class SearchRetrievalModel(tfrs.models.Model):
             normalize_output=True,
             seed=seed,
             name="product_fusion",
+            **(catalog_features.fusion_arguments() if catalog_features is not None else {}),
         )
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=remove_accidental_hits)
         self.head_optimizer: Any = None
@@ -78,10 +86,12 @@ class SearchRetrievalModel(tfrs.models.Model):
         return self.fuse(self.title_encoder(titles, training=training), product_ids, training=training)
 
     def fuse(self, title_vectors: tf.Tensor, product_ids: Any, training: bool = False) -> tf.Tensor:
-        """Fuse already-encoded titles [B, dim] with the product ids [B]."""
+        """Fuse already-encoded titles [B, dim] with the product ids [B] (and the catalog features of those ids)."""
         inputs = {"text_embedding": title_vectors}
         if self.product_fusion.id_vocabulary is not None:
             inputs["id"] = product_ids
+        if self.catalog_features is not None:
+            inputs.update(self.catalog_features(product_ids))
         return self.product_fusion(inputs, training=training)
 
     def call(self, features: dict, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:

@@ -9,8 +9,11 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.data.tables import Catalog, Judgments
+from tfrec.log import progress_bars
 from tfrec.retrieval.model import SearchRetrievalModel
 from tfrec.schedules import WarmupLinearDecay
+from tfrec.training.augment import augment_dataset, is_identity
+from tfrec.training.trainer import Trainer, epoch_seed
 
 tf = compat.tensorflow()
 
@@ -133,9 +136,6 @@ def train_retrieval(
     ``on_step_end(step, logs)`` is called after every step; ``epoch_pairs(model, epoch)`` (if given)
     supplies each epoch's pairs from the model as it is then (e.g. negatives mined by the current towers).
     """
-    from tfrec.training.augment import augment_dataset, is_identity
-    from tfrec.training.trainer import Trainer, epoch_seed
-
     n = len(pairs["query"])
     if n < 2:
         raise ValueError("retrieval training needs at least 2 pairs (in-batch negatives), got %d" % n)
@@ -194,7 +194,7 @@ def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[np.nda
 
 
 def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
+    if not (enabled and progress_bars()):
         return iterable
     from tqdm.auto import tqdm
 

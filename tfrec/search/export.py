@@ -29,12 +29,22 @@ from typing import Any, Optional
 import numpy as np
 
 from tfrec import compat
-from tfrec.search.hybrid import HybridWeights, hybrid_scores
+from tfrec.search.features import RankerFeatures
+from tfrec.search.hybrid import HybridScorer, HybridWeights
 from tfrec.search.models import build_retrieval, ranker_head, retrieval_model
 from tfrec.serving.service import CATALOG_FILE, RANKER_MODEL as RANKER_NAME, RETRIEVAL_MODEL as RETRIEVAL_NAME
 from tfrec.serving.bounded import DEFAULT_CHUNK_ROWS, map_row_chunks
+from tfrec.serving.catalog_file import catalog_json
 from tfrec.serving.publish import ExportSet
 from tfrec.serving.savedmodel import REGRESS_METHOD, predict_log, regress_log
+from tfrec.config.loader import load_config
+from tfrec.data.datasets import load_data
+from tfrec.data.slices import slice_for_config
+from tfrec.lexical import LexicalScorer
+from tfrec.ranking.model import LEXICAL_FEATURES
+from tfrec.retrieval.index import build_index
+from tfrec.runs import RunFolder, SEARCH
+from tfrec.text.catalog import catalog_text_features, frozen_encoder
 
 tf = compat.tensorflow()
 
@@ -48,7 +58,7 @@ WARMUP_QUERIES = ("cordless drill", "", "1/2 in. x 10 ft. copper pipe " * 20)
 
 
 class RetrievalExport(tf.Module):
-    """query strings -> top-K product ids and hybrid scores over the whole catalog."""
+    """query strings -> top-K product ids and hybrid scores over the whole catalog (:class:`HybridScorer`)."""
 
     def __init__(self, retrieval: Any, zero_encoder: Any, lexical: Any, catalog_dense: np.ndarray,
                  catalog_zero: np.ndarray, ids: np.ndarray, weights: HybridWeights, k: int,
@@ -56,9 +66,8 @@ class RetrievalExport(tf.Module):
         super().__init__()
         self.query_encoder = retrieval.query_encoder
         self.zero_encoder = zero_encoder if weights.zero_shot else None
-        self.lexical = lexical if weights.lexical else None
-        self.catalog_dense = tf.Variable(catalog_dense, trainable=False, name="catalog_dense")
-        self.catalog_zero = tf.Variable(catalog_zero, trainable=False, name="catalog_zero") if weights.zero_shot else None
+        # Only the components the weights use are saved.
+        self.hybrid = HybridScorer(catalog_dense, catalog_zero if weights.zero_shot else None, lexical if weights.lexical else None)
         self.ids = tf.Variable(np.asarray(ids).astype(str).astype(object), trainable=False, dtype=tf.string, name="product_ids")
         self.weights = weights
         self.k = int(min(k, len(ids)))
@@ -72,23 +81,19 @@ class RetrievalExport(tf.Module):
         return {"product_ids": ids, "scores": scores}
 
     def _top_k(self, query: Any) -> tuple[Any, Any]:
-        dense = tf.matmul(self.query_encoder(query, training=False), self.catalog_dense, transpose_b=True)
-        lexical = self.lexical.catalog_scores(query) if self.lexical is not None else dense
-        zero = (
-            tf.matmul(self.zero_encoder(query, training=False), self.catalog_zero, transpose_b=True)
-            if self.zero_encoder is not None else dense
-        )
-        top = tf.math.top_k(hybrid_scores(dense, lexical, zero, self.weights), k=self.k)
-        return tf.gather(self.ids, top.indices), top.values
+        q_zero = self.zero_encoder(query, training=False) if self.zero_encoder is not None else None
+        rows, scores = self.hybrid.top_k(self.query_encoder(query, training=False), q_zero, query, self.weights, self.k)
+        return tf.gather(self.ids, rows), scores
 
 
 class RankerExport(tf.Module):
     """(query, product_id, title) strings -> the ranker's score of each pair.
 
-    Given the catalog, a catalog product sent with its catalog title takes its product vectors from
-    the exported catalog matrices (the numbers the evaluation used) instead of running both BERT
-    towers on its title; other pairs (new ids, changed titles) are encoded. A re-rank request
-    repeats one query ~100 times: each distinct query is encoded once.
+    The head scores what :class:`RankerFeatures` computes, as in training. Given the catalog, a
+    catalog product sent with its catalog title takes its product vectors from the exported catalog
+    matrices (the numbers the evaluation used) instead of running both BERT towers on its title;
+    other pairs (new ids, changed titles) are encoded. A re-rank request repeats one query ~100
+    times: each distinct query is encoded once.
     """
 
     def __init__(self, retrieval: Any, zero_encoder: Any, lexical: Any, head: Any, catalog_dense: Optional[np.ndarray] = None,
@@ -97,41 +102,8 @@ class RankerExport(tf.Module):
         super().__init__()
         self.retrieval, self.zero_encoder, self.lexical, self.head = retrieval, zero_encoder, lexical, head
         self.chunk_rows = chunk_rows
-        self.cached = ids is not None
-        if self.cached:
-            keys = np.asarray(ids).astype(str).astype(object)
-            self.rows = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1)
-            self.catalog_titles = tf.Variable(np.asarray(titles).astype(str).astype(object), trainable=False, dtype=tf.string)
-            self.catalog_dense = tf.Variable(catalog_dense, trainable=False, name="ranker_catalog_dense")
-            self.catalog_zero = tf.Variable(catalog_zero, trainable=False, name="ranker_catalog_zero")
-
-    def _per_query(self, query: Any) -> tuple[Any, Any]:
-        # Each distinct query is encoded once for the whole request, before the per-row chunks.
-        unique, index = tf.unique(query)
-        encoders = (self.retrieval.query_encoder, self.zero_encoder)
-        vectors = map_row_chunks(lambda q: [e(q, training=False) for e in encoders], [unique], self.chunk_rows,
-                                 [(tf.float32, [e.output_dim]) for e in encoders])
-        return tuple(tf.gather(v, index) for v in vectors)
-
-    def _products(self, product_id: Any, title: Any) -> tuple[Any, Any]:
-        if not self.cached:
-            return self.retrieval.product_vectors(product_id, title), self.zero_encoder(title, training=False)
-        rows = self.rows.lookup(product_id)
-        known = (rows >= 0) & tf.equal(tf.gather(self.catalog_titles, tf.maximum(rows, 0)), title)
-        known_at = tf.cast(tf.where(known)[:, 0], tf.int32)
-        new_at = tf.cast(tf.where(~known)[:, 0], tf.int32)
-        known_rows = tf.gather(rows, known_at)
-        new_ids, new_titles = tf.gather(product_id, new_at), tf.gather(title, new_at)
-        dim, zdim = self.catalog_dense.shape[1], self.catalog_zero.shape[1]
-        new_dense, new_zero = tf.cond(
-            tf.size(new_at) > 0,
-            lambda: (self.retrieval.product_vectors(new_ids, new_titles), self.zero_encoder(new_titles, training=False)),
-            lambda: (tf.zeros([0, dim]), tf.zeros([0, zdim])),
-        )
-        dense = tf.dynamic_stitch([known_at, new_at], [tf.gather(self.catalog_dense, known_rows), new_dense])
-        zero = tf.dynamic_stitch([known_at, new_at], [tf.gather(self.catalog_zero, known_rows), new_zero])
-        return tf.ensure_shape(dense, [None, dim]), tf.ensure_shape(zero, [None, zdim])
+        self.features = RankerFeatures(lexical.pair_features, catalog_dense, catalog_zero, ids, titles,
+                                       retrieval=retrieval, zero_encoder=zero_encoder, name="ranker_features")
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="query"),
@@ -142,24 +114,17 @@ class RankerExport(tf.Module):
         """The serving signature."""
         # The work of a row grows with its texts (BERT over new titles, lexical features): score a
         # bounded number of rows at a time, so a request's peak memory does not grow with its batch.
-        query_vector, query_zero = self._per_query(query)
-        inputs = [query, product_id, title, query_vector, query_zero]
+        vectors = self.features.encode_queries(query, self.chunk_rows)
+        inputs = [query, product_id, title, vectors["query_vector"], vectors["query_zero"]]
         return {"score": map_row_chunks(self._score, inputs, self.chunk_rows, [(tf.float32, [])])[0]}
 
-    def _score(self, query: Any, product_id: Any, title: Any, query_vector: Any, query_zero: Any) -> list:
-        from tfrec.ranking.model import LEXICAL_FEATURES
+    def pair_inputs(self, query: Any, product_id: Any, title: Any, query_vector: Any, query_zero: Any) -> dict:
+        """The head's inputs of aligned (query, product_id, title) rows [B]: lists of one item."""
+        return self.features({"query": query, "query_vector": query_vector, "query_zero": query_zero,
+                              "product_id": product_id[:, None], "title": title[:, None]})
 
-        p, p_zero = self._products(product_id, title)
-        lexical = self.lexical.pair_features(query, title)
-        inputs = {
-            "query_vector": query_vector,
-            "product_vector": p[:, None, :],
-            "query_zero": query_zero,
-            "product_zero": p_zero[:, None, :],
-            "lexical": tf.stack([lexical[name] for name in LEXICAL_FEATURES], axis=-1)[:, None, :],
-            "product_id": product_id[:, None],
-        }
-        return [self.head(inputs, training=False)[:, 0]]
+    def _score(self, query: Any, product_id: Any, title: Any, query_vector: Any, query_zero: Any) -> list:
+        return [self.head(self.pair_inputs(query, product_id, title, query_vector, query_zero), training=False)[:, 0]]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(self, inputs: Any) -> dict:
@@ -183,11 +148,6 @@ class SearchModels:
     titles: np.ndarray
     weights: HybridWeights
     top_k: int
-
-
-def catalog_json(ids: np.ndarray, titles: np.ndarray) -> bytes:
-    """The catalog lookup file shipped with the retrieval export: {"ids": [...], "titles": [...]}."""
-    return json.dumps({"ids": [str(i) for i in ids], "titles": [str(t) for t in titles]}, ensure_ascii=False).encode("utf-8")
 
 
 def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
@@ -240,7 +200,6 @@ class ScannRetrievalExport(tf.Module):
 
     def __init__(self, retrieval: Any, catalog_dense: np.ndarray, ids: np.ndarray, k: int) -> None:
         super().__init__()
-        from tfrec.retrieval.index import build_index
 
         self.query_encoder = retrieval.query_encoder
         self.index = build_index("scann", catalog_dense, k=k, identifiers=np.asarray(ids).astype(str).astype(object))
@@ -279,47 +238,38 @@ def export_scann(models: SearchModels, export_dir: Path, version: Optional[int] 
 
 def load_search_models(run_dir: Path) -> SearchModels:
     """Rebuild a run's trained search models from its folder (config, weights, index, vectors)."""
-    from tfrec.config.loader import load_config
-    from tfrec.data.datasets import load_data
-    from tfrec.data.slices import slice_for_config
-    from tfrec.lexical import LexicalScorer
-    from tfrec.ranking.model import LEXICAL_FEATURES
-    from tfrec.runs import CONFIG_FILE
-    from tfrec.text.catalog import catalog_text_features, frozen_encoder
-
-    run_dir = Path(run_dir)
-    needed = [run_dir / CONFIG_FILE, run_dir / "search_config.json", run_dir / "retrieval" / "weights.index",
-              run_dir / "ranker" / "weights.index", run_dir / "retrieval" / "catalog_vectors.npy"]
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        raise FileNotFoundError("%s holds no complete trained search run; missing: %s" % (run_dir, ", ".join(missing)))
-    loaded = load_config(run_dir / CONFIG_FILE, [])
+    folder = RunFolder(run_dir)
+    if folder.record() is not None and folder.kind() != SEARCH:
+        raise ValueError("%s is a %s run, not a search run: it has no search models" % (folder.root, folder.kind()))
+    folder.require(folder.config, folder.search_settings, folder.retrieval_weights, folder.ranker_weights,
+                   folder.catalog_vectors, what="trained search run")
+    loaded = load_config(folder.config, [])
     cfg = loaded.config
     data = load_data(loaded)
     data = slice_for_config(data, cfg)
-    search = json.loads((run_dir / "search_config.json").read_text(encoding="utf-8"))
+    search = json.loads(folder.search_settings.read_text(encoding="utf-8"))
     titles, ids = data.catalog.text().astype(str), data.catalog.ids.astype(str)
-    catalog_dense = np.load(run_dir / "retrieval" / "catalog_vectors.npy")
+    catalog_dense = np.load(folder.catalog_vectors)
     if catalog_dense.shape[0] != len(ids):
-        raise ValueError("%s has %d vectors but the run's catalog has %d products" % (run_dir, catalog_dense.shape[0], len(ids)))
+        raise ValueError("%s has %d vectors but the run's catalog has %d products" % (folder.root, catalog_dense.shape[0], len(ids)))
 
-    retrieval = retrieval_model(cfg, _read_lines(run_dir / "retrieval" / "product_vocabulary.txt"))
+    retrieval = retrieval_model(cfg, _read_lines(folder.retrieval_vocabulary), catalog=data.catalog)
     build_retrieval(retrieval)
-    retrieval.load_weights(str(run_dir / "retrieval" / "weights")).expect_partial()
+    retrieval.load_weights(str(folder.retrieval_weights)).expect_partial()
 
     zero_encoder = frozen_encoder(cfg.text)
     catalog_zero, _ = catalog_text_features(list(titles), cfg.text, progress=True, encoder=zero_encoder)
 
-    head = ranker_head(cfg, _read_lines(run_dir / "ranker" / "product_vocabulary.txt") or None)
+    head = ranker_head(cfg, _read_lines(folder.ranker_vocabulary) or None)
     dim, zdim = retrieval.dim, zero_encoder.output_dim
     head({"query_vector": tf.zeros([1, dim]), "product_vector": tf.zeros([1, 1, dim]), "query_zero": tf.zeros([1, zdim]),
           "product_zero": tf.zeros([1, 1, zdim]), "lexical": tf.zeros([1, 1, len(LEXICAL_FEATURES)]),
           "product_id": tf.constant([[""]])})
-    head.load_weights(str(run_dir / "ranker" / "weights")).expect_partial()
+    head.load_weights(str(folder.ranker_weights)).expect_partial()
     head.lexical_norm.finalize_state()  # Normalization reads its adapted statistics only here
 
     return SearchModels(
-        retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(run_dir / "lexical", max_query_terms=cfg.retrieval.query_max_terms), head=head,
+        retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(folder.lexical, max_query_terms=cfg.retrieval.query_max_terms), head=head,
         catalog_dense=catalog_dense, catalog_zero=catalog_zero, ids=ids, titles=titles,
         weights=HybridWeights(**search["hybrid_weights"]), top_k=int(search["top_k"]),
     )

@@ -1,17 +1,21 @@
 """Hybrid retrieval: z-scored fine-tuned dense, lexical (BM25) and zero-shot scores over the catalog.
 
-The same TensorFlow function scores candidates in evaluation and inside the exported
-SavedModel, so the reported numbers are the exported model's numbers.
+:class:`HybridScorer` is the one definition of the hybrid score and its top k: the evaluation
+(:class:`CatalogScorer`) and the exported ``search_retrieval`` SavedModel
+(:class:`tfrec.search.export.RetrievalExport`) both call it, so the reported numbers are the
+exported model's numbers. The evaluation picks its top rows from the same scores with the
+documented tie rule (:func:`tfrec.evaluation.search.top_k`); the export with ``tf.math.top_k``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from tfrec import compat
 from tfrec.evaluation.search import top_k as top_rows
+from tfrec.evaluation.zscore import zscore
 
 tf = compat.tensorflow()
 
@@ -27,12 +31,6 @@ class HybridWeights:
     def as_dict(self) -> dict[str, float]:
         """The weights by name."""
         return {"dense": self.dense, "lexical": self.lexical, "zero_shot": self.zero_shot}
-
-
-def zscore(scores: Any) -> Any:
-    """Standardize each row (query) over the catalog; a constant row becomes zeros."""
-    mean, variance = tf.nn.moments(scores, axes=[1], keepdims=True)
-    return (scores - mean) / (tf.sqrt(variance) + 1e-6)
 
 
 def combine(z_dense: Any, z_lexical: Any, z_zero_shot: Any, weights: HybridWeights) -> Any:
@@ -55,39 +53,82 @@ def hybrid_scores(dense: Any, lexical: Any, zero_shot: Any, weights: HybridWeigh
     )
 
 
+class HybridScorer(tf.Module):
+    """Query vectors and strings -> z-scored component scores over a catalog, the hybrid score, its top k.
+
+    Holds the catalog matrices as variables (an export saves them once). ``catalog_zero`` and
+    ``lexical`` may be left out when every weight it is used with skips that component.
+    """
+
+    def __init__(self, catalog_dense: np.ndarray, catalog_zero: Optional[np.ndarray] = None, lexical: Any = None,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.catalog_dense = tf.Variable(np.asarray(catalog_dense, np.float32), trainable=False, name="catalog_dense")
+        self.catalog_zero = (
+            tf.Variable(np.asarray(catalog_zero, np.float32), trainable=False, name="catalog_zero") if catalog_zero is not None else None
+        )
+        self.lexical = lexical
+
+    @property
+    def catalog_size(self) -> int:
+        """Number of catalog products."""
+        return int(self.catalog_dense.shape[0])
+
+    def z_components(self, q_dense: Any, q_zero: Any, queries: Any, weights: Optional[HybridWeights] = None) -> tuple:
+        """(z dense, z lexical, z zero-shot) [B, N]; with ``weights``, a component of weight 0 is None (not computed)."""
+        dense = zscore(tf.matmul(q_dense, self.catalog_dense, transpose_b=True))
+        lexical = zero = None
+        if weights is None or weights.lexical:
+            lexical = zscore(self._needs(self.lexical, "a lexical scorer").catalog_scores(queries))
+        if weights is None or weights.zero_shot:
+            zero = zscore(tf.matmul(q_zero, self._needs(self.catalog_zero, "zero-shot catalog vectors"), transpose_b=True))
+        return dense, lexical, zero
+
+    def scores(self, q_dense: Any, q_zero: Any, queries: Any, weights: HybridWeights) -> Any:
+        """The hybrid score [B, N] of each query against every catalog product."""
+        return combine(*self.z_components(q_dense, q_zero, queries, weights), weights)
+
+    def top_k(self, q_dense: Any, q_zero: Any, queries: Any, weights: HybridWeights, k: int) -> tuple[Any, Any]:
+        """(catalog rows int32 [B, k], hybrid scores [B, k]) of the best k products, best first."""
+        top = tf.math.top_k(self.scores(q_dense, q_zero, queries, weights), k=min(int(k), self.catalog_size))
+        return top.indices, top.values
+
+    def _needs(self, part: Any, what: str) -> Any:
+        if part is None:
+            raise ValueError("this HybridScorer was built without %s, but a weight uses that component" % what)
+        return part
+
+
 class CatalogScorer:
-    """Component scores of query batches against a catalog held as constants (evaluation side)."""
+    """Hybrid scores of query batches (numpy in and out): the evaluation side of :class:`HybridScorer`."""
 
     def __init__(self, catalog_dense: np.ndarray, catalog_zero: np.ndarray, lexical_scorer: Any) -> None:
-        self.catalog_dense = tf.constant(catalog_dense, tf.float32)
-        self.catalog_zero = tf.constant(catalog_zero, tf.float32)
-        self.lexical = lexical_scorer
-        self._components = tf.function(self._components_graph, reduce_retracing=True)
+        self.hybrid = HybridScorer(catalog_dense, catalog_zero, lexical_scorer)
+        self._components = tf.function(self.hybrid.z_components, reduce_retracing=True)
+        self._scores = tf.function(self.hybrid.scores, reduce_retracing=True)
 
-    def _components_graph(self, q_dense: Any, q_zero: Any, queries: Any) -> tuple:
-        dense = tf.matmul(q_dense, self.catalog_dense, transpose_b=True)
-        zero = tf.matmul(q_zero, self.catalog_zero, transpose_b=True)
-        return zscore(dense), zscore(self.lexical.catalog_scores(queries)), zscore(zero)
+    def _batches(self, q_dense: np.ndarray, q_zero: np.ndarray, queries: Sequence[str], batch_size: int) -> Iterator[tuple]:
+        queries = np.asarray(queries).astype(str)
+        for start in range(0, len(queries), batch_size):
+            stop = start + batch_size
+            yield start, tf.constant(q_dense[start:stop]), tf.constant(q_zero[start:stop]), tf.constant(queries[start:stop])
 
     def z_components(
         self, q_dense: np.ndarray, q_zero: np.ndarray, queries: Sequence[str], batch_size: int = 64
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (start, z dense, z lexical, z zero-shot) [b, N] per batch of queries."""
-        queries = np.asarray(queries).astype(str)
-        for start in range(0, len(queries), batch_size):
-            stop = start + batch_size
-            parts = self._components(tf.constant(q_dense[start:stop]), tf.constant(q_zero[start:stop]), tf.constant(queries[start:stop]))
-            yield (start, *(p.numpy() for p in parts))
+        for start, *batch in self._batches(q_dense, q_zero, queries, batch_size):
+            yield (start, *(p.numpy() for p in self._components(*batch)))
 
     def top_k(
         self, q_dense: np.ndarray, q_zero: np.ndarray, queries: Sequence[str], weights: HybridWeights, k: int, batch_size: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k catalog rows and hybrid scores per query."""
-        k = min(k, int(self.catalog_dense.shape[0]))
+        """Top-k catalog rows and hybrid scores per query (equal scores ordered by the evaluation's tie rule)."""
+        k = min(k, self.hybrid.catalog_size)
         rows = np.zeros((len(queries), k), np.int32)
         scores = np.zeros((len(queries), k), np.float32)
-        for start, zd, zl, zz in self.z_components(q_dense, q_zero, queries, batch_size):
-            r, s = top_rows(combine(zd, zl, zz, weights), k)
+        for start, *batch in self._batches(q_dense, q_zero, queries, batch_size):
+            r, s = top_rows(self._scores(*batch, weights).numpy(), k)
             rows[start : start + len(r)], scores[start : start + len(r)] = r, s
         return rows, scores
 

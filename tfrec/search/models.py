@@ -3,23 +3,45 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from tfrec import compat
 from tfrec.config.schema import Config
+from tfrec.data.tables import Catalog
+from tfrec.ranking.model import RankerHead
+from tfrec.retrieval.model import SearchRetrievalModel
+from tfrec.text.fusion import CatalogFeatureLookup
+from tfrec.text.model_files import resolve_model_files
+
+tf = compat.tensorflow()
 
 
 def build_retrieval(model: Any) -> Any:
     """Create the two towers' variables (one call on a dummy pair) so weights can be loaded or copied."""
-    from tfrec import compat
-
-    tf = compat.tensorflow()
     model({"query": tf.constant(["a"]), "product_id": tf.constant(["a"]), "title": tf.constant(["a"])})
     return model
 
 
-def retrieval_model(cfg: Config, vocabulary: Sequence[str]) -> Any:
-    """The two-tower model of ``cfg`` (retrieval and text sections) with this product-id vocabulary."""
-    from tfrec.retrieval.model import SearchRetrievalModel
-    from tfrec.text.model_files import resolve_model_files
+def catalog_features(cfg: Config, catalog: Optional[Catalog]) -> Optional[CatalogFeatureLookup]:
+    """The in-graph lookup of the catalog columns ``data.catalog.numeric_columns`` / ``categorical_columns`` (None: none set)."""
+    columns = cfg.data.catalog
+    if not columns.numeric_columns and not columns.categorical_columns:
+        return None
+    if catalog is None:
+        raise ValueError("data.catalog.numeric_columns / categorical_columns are set (%s): the product tower needs the catalog "
+                         "to look them up" % ", ".join([*columns.numeric_columns, *columns.categorical_columns]))
+    return CatalogFeatureLookup(
+        catalog.ids,
+        numeric={name: catalog.numeric[name] for name in columns.numeric_columns},
+        categorical={name: catalog.categorical[name] for name in columns.categorical_columns},
+        name="catalog_features",
+    )
 
+
+def retrieval_model(cfg: Config, vocabulary: Sequence[str], catalog: Optional[Catalog] = None) -> Any:
+    """The two-tower model of ``cfg`` (retrieval and text sections) with this product-id vocabulary.
+
+    ``catalog`` (the run's catalog, sliced as trained) is needed when ``data.catalog`` names numeric or
+    categorical columns: the product tower fuses them, looked up by product id.
+    """
     rc = cfg.retrieval
     return SearchRetrievalModel(
         resolve_model_files(cfg.text.model_dir),
@@ -32,14 +54,13 @@ def retrieval_model(cfg: Config, vocabulary: Sequence[str]) -> Any:
         remove_accidental_hits=rc.remove_accidental_hits,
         id_embedding_dim=rc.id_embedding_dim,
         id_dropout=rc.id_dropout,
+        catalog_features=catalog_features(cfg, catalog),
         seed=cfg.run.seed,
     )
 
 
 def ranker_head(cfg: Config, vocabulary: Optional[Sequence[str]]) -> Any:
     """The feature ranker of ``cfg`` (ranking section); ``vocabulary`` None: no product-id feature."""
-    from tfrec.ranking.model import RankerHead
-
     rc = cfg.ranking
     return RankerHead(
         product_vocabulary=vocabulary,

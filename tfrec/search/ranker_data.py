@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from tfrec import compat
 from tfrec.evaluation.search import SearchEvalSet
 from tfrec.ranking.model import LEXICAL_FEATURES
+from tfrec.search.features import RankerFeatures
 
 tf = compat.tensorflow()
 
 PAD = -1
+# (query, product) pairs per feature pass: the lexical work and gathers of a pass stay bounded.
+PAIRS_PER_PASS = 4096
 
 
 @dataclass
@@ -72,21 +75,6 @@ def candidate_lists(candidates: np.ndarray) -> CandidateLists:
     return CandidateLists(np.arange(len(candidates)), candidates.astype(np.int32), np.zeros(candidates.shape, np.float32))
 
 
-def lexical_pair_features(run: Any, queries: Sequence[str], titles: Sequence[str], batch_size: int = 4096) -> np.ndarray:
-    """[n, F] lexical features of aligned (query, title) pairs, in LEXICAL_FEATURES order.
-
-    ``run`` is a (traced) ``LexicalScorer.pair_features``; keep one per scorer so it traces once.
-    """
-    queries = np.asarray(queries).astype(str)
-    titles = np.asarray(titles).astype(str)
-    out = np.zeros((len(queries), len(LEXICAL_FEATURES)), np.float32)
-    for start in range(0, len(queries), batch_size):
-        stop = start + batch_size
-        feats = run(tf.constant(queries[start:stop]), tf.constant(titles[start:stop]))
-        out[start:stop] = np.stack([feats[name].numpy() for name in LEXICAL_FEATURES], axis=1)
-    return out
-
-
 def head_inputs(
     lists: CandidateLists,
     queries: np.ndarray,
@@ -98,20 +86,52 @@ def head_inputs(
     titles: np.ndarray,
     pair_features: Any,
 ) -> dict[str, np.ndarray]:
-    """The RankerHead inputs of some lists (padding positions get zeros and empty ids)."""
-    mask = lists.mask
-    safe = np.where(mask, lists.rows, 0)
-    flat_q = np.repeat(lists.query_index, lists.rows.shape[1])[mask.ravel()]
-    flat_rows = lists.rows[mask]
-    lexical = np.zeros(lists.rows.shape + (len(LEXICAL_FEATURES),), np.float32)
-    lexical[mask] = lexical_pair_features(pair_features, queries[flat_q], titles[flat_rows])
-    product_dense = catalog_dense[safe] * mask[..., None]
-    product_zero = catalog_zero[safe] * mask[..., None]
-    return {
-        "query_vector": query_dense[lists.query_index],
-        "product_vector": product_dense.astype(np.float32),
-        "query_zero": query_zero[lists.query_index],
-        "product_zero": product_zero.astype(np.float32),
-        "lexical": lexical,
-        "product_id": np.where(mask, catalog_ids[safe], "").astype(str),
+    """The RankerHead inputs of some lists (padding positions get zeros and empty ids), by :class:`RankerFeatures`.
+
+    ``pair_features`` is a (traced) ``LexicalScorer.pair_features``; keep one per scorer so it traces once.
+    """
+    features = RankerFeatures(pair_features, catalog_dense, catalog_zero)
+    return list_features(features, lists, queries, query_dense, query_zero, catalog_ids, titles)
+
+
+def list_features(
+    features: RankerFeatures,
+    lists: CandidateLists,
+    queries: np.ndarray,
+    query_dense: np.ndarray,
+    query_zero: np.ndarray,
+    catalog_ids: np.ndarray,
+    titles: np.ndarray,
+    pairs_per_pass: int = PAIRS_PER_PASS,
+) -> dict[str, np.ndarray]:
+    """Run ``features`` over catalog-row lists (query vectors already encoded), a bounded number of pairs per pass."""
+    n, width = lists.rows.shape
+    queries, catalog_ids, titles = (np.asarray(a).astype(str) for a in (queries, catalog_ids, titles))
+    query_dense, query_zero = np.asarray(query_dense, np.float32), np.asarray(query_zero, np.float32)
+    spec = {
+        "query": tf.TensorSpec([None], tf.string),
+        "query_vector": tf.TensorSpec([None, query_dense.shape[1]], tf.float32),
+        "query_zero": tf.TensorSpec([None, query_zero.shape[1]], tf.float32),
+        "product_id": tf.TensorSpec([None, None], tf.string),
+        "title": tf.TensorSpec([None, None], tf.string),
+        "product_row": tf.TensorSpec([None, None], tf.int32),
+        "mask": tf.TensorSpec([None, None], tf.bool),
     }
+    run = tf.function(lambda inputs: features(inputs), input_signature=[spec])
+    dims = {"query_vector": (query_dense.shape[1],), "query_zero": (query_zero.shape[1],), "lexical": (width, len(LEXICAL_FEATURES)),
+            **{name: (width, dim) for name, dim in features.item_dims.items()}}
+    out: dict[str, np.ndarray] = {name: np.zeros((n, *shape), np.float32) for name, shape in dims.items()}
+    out["product_id"] = np.empty((n, width), object)
+    step = max(1, pairs_per_pass // max(width, 1))
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        rows = lists.rows[part]
+        mask = rows >= 0
+        safe = np.where(mask, rows, 0)
+        q = lists.query_index[part]
+        computed = run({"query": queries[q], "query_vector": query_dense[q], "query_zero": query_zero[q],
+                        "product_id": catalog_ids[safe], "title": titles[safe], "product_row": rows.astype(np.int32), "mask": mask})
+        for name, values in computed.items():
+            out[name][part] = values.numpy()
+    out["product_id"] = np.char.decode(out["product_id"].astype(bytes), "utf-8") if n else np.zeros((0, width), str)
+    return out

@@ -20,6 +20,11 @@ What a trial sees, and why:
   hyperparameters are thus tuned on weaker dense features than the trained run gives it.
 * **One loss per trial.** ``ranking.loss`` is trained (search it with a choice);
   ``ranking.candidate_losses``, which ``tfrec train`` picks from on valid, is not used.
+* **The run's training path.** A trial's head trains through
+  :func:`tfrec.search.ranker_training.train_ranker_head`, as ``tfrec train``'s heads do.
+* **Every searchable key is honoured.** :data:`TUNABLE_KEYS` lists the keys a trial reads;
+  ``tfrec tune`` refuses any other key in ``tune.space`` (:data:`UNTUNABLE` says why for the
+  ranker's own keys that a trial cannot honour, such as ``ranking.dense_weight``).
 
 Metrics on the holdout queries (every one maximized), with the conventions of
 :mod:`tfrec.evaluation.search`: ``ndcg@10`` / ``ndcg@5`` re-rank NDCG of the judged products
@@ -32,20 +37,30 @@ candidates, features of the lists) is computed once per process and reused by la
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
 from tfrec import compat
+from tfrec.baselines.search import MiniLMBaseline
 from tfrec.config.loader import LoadedConfig
+from tfrec.config.quoting import quote_value
 from tfrec.config.schema import Config, TextConfig
-from tfrec.data.tables import Catalog, Judgments
+from tfrec.data.datasets import load_data
+from tfrec.data.slices import slice_search_data
+from tfrec.data.tables import Catalog, Judgments, SearchData
 from tfrec.evaluation import search as ev
+from tfrec.lexical import LexicalIndex, LexicalScorer
 from tfrec.search.hybrid import CatalogScorer, HybridWeights
-from tfrec.search.pipeline import rank_candidates, split_queries
 from tfrec.search.ranker_data import CandidateLists, candidate_lists, head_inputs, judged_lists, training_lists
+from tfrec.search.ranker_training import train_ranker_head
+from tfrec.search.stages.queries import rank_candidates, split_queries
+from tfrec.training.trainer import Trainer
+from tfrec.training.tuning import check_space, run_tuning
 
 tf = compat.tensorflow()
 
@@ -53,15 +68,24 @@ RANKER_METRICS = ("ndcg@10", "ndcg@5", "mrr", "e2e_ndcg@10")
 # The BM25 weight of a trial's candidate retrieval when retrieval.lexical_weight is null
 # (tfrec train would choose it on valid, which a trial must not read): z(MiniLM) + z(BM25).
 DEFAULT_LEXICAL_WEIGHT = 1.0
-# Config keys a ranker trial reads; other keys would not change its result.
-RANKER_KEYS = ("ranking.", "retrieval.top_k", "retrieval.lexical_weight", "run.seed", "evaluation.positive_relevance")
-NOT_READ = ("ranking.candidate_losses", "ranking.cross_encoder")
+# Config keys a ranker trial reads: searching one of them changes what a trial computes.
+TUNABLE_KEYS = (
+    "ranking.list_size", "ranking.negatives", "ranking.holdout_fraction", "ranking.loss", "ranking.epochs",
+    "ranking.batch_size", "ranking.learning_rate", "ranking.hidden_units", "ranking.interaction_dim",
+    "ranking.cross_layers", "ranking.dropout", "ranking.product_id", "ranking.id_dropout",
+    "retrieval.top_k", "retrieval.lexical_weight", "retrieval.query_max_terms", "run.seed", "evaluation.positive_relevance",
+)
+# Ranker keys (and their sub-keys) a trial cannot honour, and why; tfrec tune refuses to search them.
+UNTUNABLE = {
+    "ranking.dense_weight": "a trial has no fine-tuned two towers (zero-shot MiniLM vectors stand in for them), so the "
+                            "weight of their score in the final ranking cannot be tuned here; tfrec train chooses it on the "
+                            "tuning half of valid when it is null",
+    "ranking.candidate_losses": "a trial trains ranking.loss only; search ranking.loss with a choice instead",
+    "ranking.cross_encoder": "a trial trains the feature ranker, not the cross-encoder",
+}
 _CACHED_SETUPS = 3  # list setups kept (a search over list_size / negatives / top_k makes several)
 
-
-def log(message: str) -> None:
-    """Progress line on stdout (the CLI's output)."""
-    print("[tune] %s" % message, flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,8 +162,8 @@ class RankerTrialObjective:
         # The ranker's share of the fit queries is a prefix of one fixed order, so trials that differ
         # only in ranking.holdout_fraction share their queries.
         self._fit_order = np.random.default_rng(seed + 2).permutation(self.fit_queries)
-        self._scorer: Any = None
-        self._pair_features: Any = None
+        self._index: Optional[LexicalIndex] = None
+        self._lexical: dict[int, tuple[CatalogScorer, Any]] = {}  # query_max_terms -> (scorer, pair features)
         self._encoder: Any = None
         self._catalog_zero: Optional[np.ndarray] = None
         self._query_zero: dict[str, np.ndarray] = {}
@@ -149,11 +173,16 @@ class RankerTrialObjective:
     # -- what the search may vary ---------------------------------------------------------------
 
     @staticmethod
-    def affects(key: str) -> bool:
-        """True if ``key`` changes what a ranker trial computes."""
-        if any(key == k or key.startswith(k + ".") for k in NOT_READ):
-            return False
-        return any(key.startswith(k) if k.endswith(".") else key == k for k in RANKER_KEYS)
+    def untunable_reason(key: str) -> Optional[str]:
+        """Why a search over ``key`` would be refused (None: a trial honours it)."""
+        if key in TUNABLE_KEYS:
+            return None
+        reason = next((why for k, why in UNTUNABLE.items() if key == k or key.startswith(k + ".")), None)
+        if reason:
+            what = "%s cannot be tuned by a ranker trial: %s" % (key, reason)
+        else:
+            what = "a ranker trial does not read %s (searching it would only spend trials)" % key
+        return "%s. Tunable keys: %s" % (what, ", ".join(TUNABLE_KEYS))
 
     def ranker_queries(self, ranking_holdout_fraction: float) -> np.ndarray:
         """The fit queries whose lists train the head: as many as tfrec train's ranker gets (at least 1)."""
@@ -162,53 +191,58 @@ class RankerTrialObjective:
 
     # -- trial-independent parts, computed once ---------------------------------------------------
 
-    def _ensure_features(self) -> None:
-        if self._scorer is not None:
+    def _ensure_vectors(self) -> None:
+        if self._encoder is not None:
             return
-        from tfrec.baselines.search import MiniLMBaseline
-        from tfrec.lexical import LexicalIndex, LexicalScorer
-
         if self.progress:
-            log("trial features: zero-shot MiniLM vectors of %d products (cached), lexical index ..." % len(self.titles))
+            log.info("trial features: zero-shot MiniLM vectors of %d products (cached), lexical index ..." % len(self.titles))
         minilm = MiniLMBaseline(list(self.titles), self.text_cfg, progress=self.progress)
         self._encoder, self._catalog_zero = minilm, minilm.catalog_vectors
         # Vocabulary from the training queries, like tfrec train's index (valid queries stay unseen).
-        index = LexicalIndex.build(list(self.titles), list(np.unique(self.train.queries.astype(str))))
-        lexical = LexicalScorer(index)
-        self._pair_features = tf.function(lexical.pair_features, reduce_retracing=True)
-        self._scorer = CatalogScorer(self._catalog_zero, self._catalog_zero, lexical)
+        self._index = LexicalIndex.build(list(self.titles), list(np.unique(self.train.queries.astype(str))))
+
+    def _lexical_for(self, max_terms: int) -> tuple[CatalogScorer, Any]:
+        """(hybrid scorer, pair-features function) reading the first ``max_terms`` words of a query (retrieval.query_max_terms)."""
+        if max_terms not in self._lexical:
+            self._ensure_vectors()
+            lexical = LexicalScorer(self._index, max_query_terms=max_terms)
+            self._lexical[max_terms] = (CatalogScorer(self._catalog_zero, self._catalog_zero, lexical),
+                                        tf.function(lexical.pair_features, reduce_retracing=True))
+        return self._lexical[max_terms]
 
     def _vectors(self, queries: np.ndarray) -> np.ndarray:
+        self._ensure_vectors()
         missing = [q for q in dict.fromkeys(queries.tolist()) if q not in self._query_zero]
         if missing:
             for q, v in zip(missing, self._encoder.encode(missing)):
                 self._query_zero[q] = v
         return np.stack([self._query_zero[q] for q in queries.tolist()]).astype(np.float32)
 
-    def _top(self, queries: np.ndarray, lexical_weight: float, top_k: int) -> np.ndarray:
-        cache = self._candidates.setdefault((lexical_weight, top_k), {})
+    def _top(self, queries: np.ndarray, lexical_weight: float, top_k: int, max_terms: int) -> np.ndarray:
+        cache = self._candidates.setdefault((lexical_weight, top_k, max_terms), {})
         missing = np.array([q for q in queries.tolist() if q not in cache], dtype=object).astype(str)
         if len(missing):
             q_zero = self._vectors(missing)
-            rows, _ = self._scorer.top_k(q_zero, q_zero, missing, HybridWeights(1.0, lexical_weight, 0.0), top_k)
+            scorer, _ = self._lexical_for(max_terms)
+            rows, _ = scorer.top_k(q_zero, q_zero, missing, HybridWeights(1.0, lexical_weight, 0.0), top_k)
             cache.update(zip(missing.tolist(), rows))
         return np.stack([cache[q] for q in queries.tolist()])
 
-    def _inputs(self, lists: CandidateLists, queries: np.ndarray) -> dict:
+    def _inputs(self, lists: CandidateLists, queries: np.ndarray, max_terms: int) -> dict:
         q_zero = self._vectors(queries)
         catalog = self._catalog_zero
-        return head_inputs(lists, queries, q_zero, q_zero, catalog, catalog, self.ids, self.titles, self._pair_features)
+        _, pair_features = self._lexical_for(max_terms)
+        return head_inputs(lists, queries, q_zero, q_zero, catalog, catalog, self.ids, self.titles, pair_features)
 
     def lists_for(self, cfg: Config) -> RankerLists:
         """The lists and head inputs of a config's list setup (cached: trials usually share one)."""
-        rc, top_k = cfg.ranking, min(cfg.retrieval.top_k, len(self.titles))
+        rc, top_k, max_terms = cfg.ranking, min(cfg.retrieval.top_k, len(self.titles)), cfg.retrieval.query_max_terms
         lexical_weight = cfg.retrieval.lexical_weight if cfg.retrieval.lexical_weight is not None else DEFAULT_LEXICAL_WEIGHT
         key = (cfg.run.seed, rc.holdout_fraction, rc.list_size, rc.negatives, rc.product_id, top_k, lexical_weight,
-               cfg.evaluation.positive_relevance)
+               cfg.evaluation.positive_relevance, max_terms)
         if key in self._setups:
             self._setups.move_to_end(key)
             return self._setups[key]
-        self._ensure_features()
         ranker_queries = self.ranker_queries(rc.holdout_fraction)
         in_ranker = np.isin(self.fit.queries.astype(str), ranker_queries)
         ranker = Judgments(self.fit.queries[in_ranker], self.fit.products[in_ranker], self.fit.labels[in_ranker])
@@ -216,24 +250,25 @@ class RankerTrialObjective:
         holdout_es = ev.SearchEvalSet.from_judgments(self.holdout, cfg.evaluation.positive_relevance)
         r_queries, h_queries = ranker_es.queries.astype(str), holdout_es.queries.astype(str)
         fit_lists = training_lists(
-            ranker_es, self._top(r_queries, lexical_weight, top_k), list_size=rc.list_size, negatives=rc.negatives, seed=cfg.run.seed
+            ranker_es, self._top(r_queries, lexical_weight, top_k, max_terms), list_size=rc.list_size, negatives=rc.negatives,
+            seed=cfg.run.seed,
         )
         judged = judged_lists(holdout_es)
-        candidates = self._top(h_queries, lexical_weight, top_k)
+        candidates = self._top(h_queries, lexical_weight, top_k, max_terms)
         # Products of the other fit queries (the towers' share in tfrec train), never the ranker's own.
         vocabulary = sorted(set(self.ids[np.unique(self.fit.products[~in_ranker])])) if rc.product_id else None
         setup = RankerLists(
             fit_lists=fit_lists,
-            fit_inputs=self._inputs(fit_lists, r_queries),
+            fit_inputs=self._inputs(fit_lists, r_queries, max_terms),
             vocabulary=vocabulary,
             holdout=holdout_es,
             judged=judged,
-            judged_inputs=self._inputs(judged, h_queries),
+            judged_inputs=self._inputs(judged, h_queries, max_terms),
             candidates=candidates,
-            candidate_inputs=self._inputs(candidate_lists(candidates), h_queries),
+            candidate_inputs=self._inputs(candidate_lists(candidates), h_queries, max_terms),
         )
         if self.progress:
-            log("trial lists: %d training lists (width %d), %d holdout queries, top %d candidates"
+            log.info("trial lists: %d training lists (width %d), %d holdout queries, top %d candidates"
                 % (len(fit_lists.rows), fit_lists.rows.shape[1], holdout_es.n_queries, top_k))
         self._setups[key] = setup
         while len(self._setups) > _CACHED_SETUPS:
@@ -243,21 +278,12 @@ class RankerTrialObjective:
     # -- one trial ----------------------------------------------------------------------------
 
     def train_head(self, cfg: Config, setup: RankerLists, epochs: Optional[int] = None) -> Any:
-        """A ranker head of ``cfg`` trained on the setup's lists for ``epochs`` (None: ``ranking.epochs``)."""
-        from tfrec.ranking.losses import ranking_loss
-        from tfrec.search.models import ranker_head
-
+        """A ranker head of ``cfg`` trained on the setup's lists for ``epochs`` (None: ``ranking.epochs``), as tfrec train trains one."""
         rc = cfg.ranking
-        epochs = rc.epochs if epochs is None else epochs
-        tf.keras.utils.set_random_seed(cfg.run.seed)
-        head = ranker_head(cfg, setup.vocabulary)
-        lists, inputs = setup.fit_lists, setup.fit_inputs
-        head.adapt_lexical(inputs["lexical"][lists.mask])
-        head.compile(optimizer=tf.keras.optimizers.Adam(rc.learning_rate), loss=ranking_loss(rc.loss))
-        if epochs:
-            head.fit(inputs, lists.labels, batch_size=rc.batch_size, epochs=epochs, shuffle=True, verbose=0)
-        else:
-            head({k: v[:1] for k, v in inputs.items()})  # built, untrained: scores the features as initialized
+        # A bare trainer: a trial is cheap to rerun, so no checkpoints, TensorBoard or progress bar.
+        trainer = Trainer(seed=cfg.run.seed, progress=False)
+        head, _ = train_ranker_head(cfg, trainer, setup.fit_inputs, setup.fit_lists, setup.vocabulary, loss=rc.loss,
+                                    learning_rate=rc.learning_rate, epochs=rc.epochs if epochs is None else epochs)
         return head
 
     def score(self, head: Any, setup: RankerLists) -> dict[str, float]:
@@ -273,24 +299,20 @@ class RankerTrialObjective:
 
 
 def trial_objective(loaded: LoadedConfig) -> RankerTrialObjective:
-    """The objective of ``loaded``'s ``tune.target`` over its (sliced) data, valid dropped."""
-    from tfrec.data.datasets import load_data
-    from tfrec.data.slices import slice_search_data
-    from tfrec.data.tables import SearchData
-
+    """The ranker trial objective over ``loaded``'s (sliced) data, valid dropped."""
     cfg = loaded.config
-    if cfg.tune.target == "retrieval":
-        raise loaded.error(
-            "tune.target",
-            "'retrieval' is not supported yet: a two-tower trial fine-tunes BERT (~25 min per epoch on CPU, so hours "
-            "per search). Use target: ranker (minutes per trial), or tune retrieval.* keys with separate tfrec train runs",
-        )
     data = load_data(loaded)
     if not isinstance(data, SearchData):
-        raise loaded.error("data.dataset", "tfrec tune searches the search ranker; %r is a recommendation dataset" % cfg.data.dataset)
+        raise loaded.error("data.dataset", "tfrec tune searches the search ranker; %s is a recommendation dataset" % quote_value(cfg.data.dataset))
     dc = cfg.data
     data = slice_search_data(data, max_train_queries=dc.max_train_queries, max_valid_queries=dc.max_valid_queries,
                              max_products=dc.max_products, seed=cfg.run.seed)  # the slice tfrec train uses
     return RankerTrialObjective(
         data.catalog, data.train, cfg.text, holdout_fraction=cfg.tune.holdout_fraction, seed=cfg.run.seed, progress=cfg.train.progress
     )
+
+
+def tune_search(loaded: LoadedConfig, out_dir: Path) -> dict:
+    """Run (or resume) ``loaded``'s search over the search ranker (``tfrec tune``); see :func:`tfrec.training.tuning.run_tuning`."""
+    check_space(loaded)  # cheap checks first: a bad space fails before any data is read
+    return run_tuning(loaded, out_dir, objective=trial_objective(loaded))

@@ -398,6 +398,7 @@ def write_deployment_files(
 
 def write_export_deployment_files(export_dir: Path, canary: bool = True) -> list[Path]:
     """Write the deployment files into an export folder for the versions it holds (and the runs they come from)."""
+    # lazy: writing deployment files needs no TensorFlow
     from tfrec.serving.publish import version_runs
 
     return write_deployment_files(export_dir, scan_export(export_dir), canary=canary, runs=version_runs(export_dir))
@@ -416,6 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.export_dir is None:
         models, source = DEFAULT_MODELS, "../export"
     else:
+        # lazy: writing deployment files needs no TensorFlow
         from tfrec.serving.publish import version_runs
 
         models, runs = scan_export(args.export_dir), version_runs(args.export_dir)

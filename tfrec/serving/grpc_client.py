@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 import numpy as np
 
 from tfrec.serving.tensors import decode, from_tensor_proto, make_example, to_tensor_proto
+from tfrec import compat
 
 T = TypeVar("T")
 
@@ -139,8 +140,6 @@ def run_batches(predict_one: Callable[[dict[str, np.ndarray]], dict[str, np.ndar
 
 def signature_summary(signature_def: Any) -> dict:
     """{"inputs": {name: {"dtype", "shape"}}, "outputs": ..., "method_name"} of a SignatureDef proto."""
-    from tfrec import compat
-
     tf = compat.tensorflow()
 
     def tensors(infos: Mapping[str, Any]) -> dict:

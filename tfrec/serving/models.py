@@ -30,7 +30,7 @@ from tfrec import compat
 from tfrec.serving.savedmodel import REGRESS_METHOD, read_warmup, version_folders
 
 tf = compat.tensorflow()
-log = logging.getLogger("tfrec.serving")
+log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 REGRESS_SIGNATURE = "regress"

@@ -30,7 +30,10 @@ try:
 except ImportError:  # Windows: no advisory lock; stale folders are then recognised by their dead owner only
     fcntl = None  # type: ignore[assignment]
 
-log = logging.getLogger("tfrec.serving")
+from tfrec.files import write_bytes_atomic
+from tfrec.serving.savedmodel import folder_mb, next_version, write_saved_model
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".tfrec-export.lock"
 JOURNAL_FILE = ".tfrec-publish.json"
@@ -131,7 +134,6 @@ class ExportSet:
         self._publishing = False
 
     def __enter__(self) -> "ExportSet":
-        from tfrec.serving.savedmodel import next_version
 
         started = time.time()
         self.export_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,6 @@ class ExportSet:
              methods: Optional[Mapping[str, str]] = None, extra_files: Optional[Mapping[str, bytes]] = None,
              options: Optional[Any] = None) -> Path:
         """Write one model of the set to its temporary folder; returns the folder it will be published as."""
-        from tfrec.serving.savedmodel import folder_mb, write_saved_model
 
         if not self.version:
             raise RuntimeError("use the export set in a with block: `with ExportSet(...) as export: export.save(...)`")
@@ -194,7 +195,6 @@ class ExportSet:
         moves = [(self._staged[n], self.export_dir / n / str(self.version)) for n in self.names]
         journal = {"export": self.id, "version": self.version, "pid": os.getpid(),
                    "moves": [[str(t.relative_to(self.export_dir)), str(f.relative_to(self.export_dir))] for t, f in moves]}
-        from tfrec.files import write_bytes_atomic
 
         write_bytes_atomic(self.export_dir / JOURNAL_FILE, json.dumps(journal).encode("utf-8"))
         self._publishing = True
@@ -244,3 +244,28 @@ def recover(export_dir: Path) -> Optional[str]:
     journal_path.unlink()
     log.warning("%s: %s (an earlier export was stopped while publishing)", export_dir, done)
     return done
+
+
+def save_versioned(
+    module: Any,
+    export_dir: Path,
+    name: str,
+    signatures: Mapping[str, Any],
+    warmup: Iterable[Any] = (),
+    methods: Optional[Mapping[str, str]] = None,
+    extra_files: Optional[Mapping[str, bytes]] = None,
+    version: Optional[int] = None,
+    options: Optional[Any] = None,
+    run: str = "",
+) -> Path:
+    """Write ``module`` to ``export_dir/name/<version>/`` through a temporary folder and a rename.
+
+    ``signatures`` maps signature keys to tf.functions; ``methods`` sets non-Predict method names
+    (e.g. ``{"regress": REGRESS_METHOD}``); ``warmup`` PredictionLogs go to the warm-up file;
+    ``extra_files`` ({relative path: bytes}) land under ``assets.extra/``; ``options`` are
+    ``tf.saved_model.SaveOptions`` (e.g. a namespace whitelist for custom ops); ``run`` names the
+    run it comes from. Several models of one run: :class:`ExportSet`.
+    """
+    with ExportSet(export_dir, [name], run=run, version=version) as export:
+        export.save(name, module, signatures, warmup, methods, extra_files, options)
+    return Path(export.published[name]["path"])

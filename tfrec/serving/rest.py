@@ -44,7 +44,7 @@ from tfrec.serving.unexpected import UnexpectedErrors
 
 tf = compat.tensorflow()
 
-log = logging.getLogger("tfrec.serving")
+log = logging.getLogger(__name__)
 
 _ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
                     r"(?P<verb>/metadata|:predict|:regress|:classify)?$")

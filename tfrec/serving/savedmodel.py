@@ -139,29 +139,3 @@ def write_saved_model(
         target.write_bytes(data)
     return folder
 
-
-def save_versioned(
-    module: Any,
-    export_dir: Path,
-    name: str,
-    signatures: Mapping[str, Any],
-    warmup: Iterable[Any] = (),
-    methods: Optional[Mapping[str, str]] = None,
-    extra_files: Optional[Mapping[str, bytes]] = None,
-    version: Optional[int] = None,
-    options: Optional[Any] = None,
-    run: str = "",
-) -> Path:
-    """Write ``module`` to ``export_dir/name/<version>/`` through a temporary folder and a rename.
-
-    ``signatures`` maps signature keys to tf.functions; ``methods`` sets non-Predict method names
-    (e.g. ``{"regress": REGRESS_METHOD}``); ``warmup`` PredictionLogs go to the warm-up file;
-    ``extra_files`` ({relative path: bytes}) land under ``assets.extra/``; ``options`` are
-    ``tf.saved_model.SaveOptions`` (e.g. a namespace whitelist for custom ops); ``run`` names the
-    run it comes from. Several models of one run: :class:`tfrec.serving.publish.ExportSet`.
-    """
-    from tfrec.serving.publish import ExportSet
-
-    with ExportSet(export_dir, [name], run=run, version=version) as export:
-        export.save(name, module, signatures, warmup, methods, extra_files, options)
-    return Path(export.published[name]["path"])

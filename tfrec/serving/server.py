@@ -26,7 +26,7 @@ from tfrec.serving.models import Limits, ModelManager, RequestError
 from tfrec.serving.rest import RestServer
 from tfrec.serving.unexpected import UnexpectedErrors
 
-log = logging.getLogger("tfrec.serving")
+log = logging.getLogger(__name__)
 
 
 def host_port(host: str, port: int) -> str:

@@ -58,6 +58,7 @@ class ProductCatalog:
     @classmethod
     def from_export(cls, export_dir: Path, model: str = RETRIEVAL_MODEL, version: Optional[int] = None) -> "ProductCatalog":
         """The catalog of an export's newest (or given) version of ``model``."""
+        # lazy: the service client works without TensorFlow
         from tfrec.serving.savedmodel import version_folders
 
         model_dir = Path(export_dir) / model

@@ -14,6 +14,7 @@ from tfrec.config.schema import TextConfig
 from tfrec.text.cache import CacheStats, EmbeddingCache, encoder_fingerprint
 from tfrec.text.encoder import TextEncoder
 from tfrec.text.model_files import resolve_model_files
+from tfrec.text.quantized import Int8CatalogEncoder
 
 tf = compat.tensorflow()
 
@@ -58,8 +59,6 @@ def catalog_text_features(
         extra={"engine": text_cfg.catalog_engine},
     )
     if text_cfg.catalog_engine == "int8":
-        from tfrec.text.quantized import Int8CatalogEncoder
-
         encode = Int8CatalogEncoder(encoder)
     else:
         encode = float32_encode_fn(encoder)

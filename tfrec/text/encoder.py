@@ -143,15 +143,12 @@ class TextEncoder(tf.keras.layers.Layer):
 
     @classmethod
     def from_config_section(cls, text_cfg: TextConfig, **kwargs: Any) -> "TextEncoder":
-        """Build from the ``text:`` section of a tfrec config (extra keyword arguments pass through)."""
+        """Build from the ``text:`` section of a tfrec config; the other arguments (training mode, projection) pass through."""
         return cls(
             resolve_model_files(text_cfg.model_dir),
             max_length=text_cfg.max_length,
             pooling=text_cfg.pooling,
             normalize=text_cfg.normalize,
-            projection_dim=text_cfg.projection_dim,
-            training_mode=text_cfg.training,
-            trainable_layers=text_cfg.trainable_layers,
             **kwargs,
         )
 

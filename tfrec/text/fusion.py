@@ -16,6 +16,11 @@ seen ones, so hashing does not give unseen products the cold-start path.
 
 Categorical features do keep a trainable out-of-vocabulary embedding: build their vocabularies
 from the whole catalog (catalog features are known for every product), not from training rows.
+
+``CatalogFeatureLookup`` holds a catalog's numeric and categorical columns by product id, in-graph:
+a model that is given only product ids (training pairs, catalog encoding, exports) looks its
+catalog features up itself, and ``fusion_arguments()`` gives FeatureFusion the matching numeric
+statistics and categorical vocabularies of that catalog.
 """
 from __future__ import annotations
 
@@ -363,3 +368,68 @@ class FeatureFusion(tf.keras.layers.Layer):
             seed=self.seed,
         )
         return config
+
+
+class CatalogFeatureLookup(tf.keras.layers.Layer):
+    """Product ids [B] -> ``{column: [B]}`` of a catalog's numeric (float32) and categorical (string) columns.
+
+    The catalog's rows live in in-graph hash tables (one per column; resources, not weights, so
+    they are exported with the model and never checkpointed). An id outside the catalog gets the
+    missing values, as a missing cell does: NaN for a numeric column (FeatureFusion standardizes it
+    to 0, the mean, and sets its missing flag) and "" for a categorical one (out of vocabulary).
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        *,
+        numeric: Optional[Mapping[str, Any]] = None,
+        categorical: Optional[Mapping[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        keys = _vocabulary(ids, "ids")
+        numeric_values = {str(n): np.asarray(v, np.float32).reshape(-1) for n, v in (numeric or {}).items()}
+        categorical_values = {str(n): np.asarray(v, object).reshape(-1).astype(str) for n, v in (categorical or {}).items()}
+        if not numeric_values and not categorical_values:
+            raise ValueError("CatalogFeatureLookup: give at least one numeric or categorical column")
+        for name, values in {**numeric_values, **categorical_values}.items():
+            if len(values) != len(keys):
+                raise ValueError("CatalogFeatureLookup: column %r has %d values for %d ids" % (name, len(values), len(keys)))
+        self.numeric_mean, self.numeric_variance = numeric_statistics(numeric_values)
+        self.categorical_vocabularies: dict[str, list[str]] = {}
+        for name, values in categorical_values.items():
+            vocabulary = sorted(set(values.tolist()) - {""})
+            if not vocabulary:
+                raise ValueError("CatalogFeatureLookup: categorical column %r is empty for every product" % name)
+            self.categorical_vocabularies[name] = vocabulary
+        key_tensor = tf.constant(keys, tf.string)
+
+        def table(values: np.ndarray, dtype: Any, default: Any) -> Any:
+            initializer = tf.lookup.KeyValueTensorInitializer(key_tensor, tf.constant(values, dtype))
+            return tf.lookup.StaticHashTable(initializer, default_value=tf.constant(default, dtype))
+
+        self.numeric = list(numeric_values)
+        self.categorical = list(categorical_values)
+        self._tables = {name: table(v, tf.float32, float("nan")) for name, v in numeric_values.items()}
+        self._tables.update({name: table(v.astype(object), tf.string, "") for name, v in categorical_values.items()})
+        self.built = True  # nothing depends on input shapes
+
+    def fusion_arguments(self) -> dict[str, Any]:
+        """FeatureFusion's ``numeric``, ``numeric_mean``, ``numeric_variance`` and ``categorical`` for these columns."""
+        if not self.numeric:
+            return {"categorical": dict(self.categorical_vocabularies)}
+        return {
+            "numeric": list(self.numeric),
+            "numeric_mean": dict(self.numeric_mean),
+            "numeric_variance": dict(self.numeric_variance),
+            "categorical": dict(self.categorical_vocabularies),
+        }
+
+    def call(self, ids: Any) -> dict[str, Any]:
+        """The columns of the products with these ids (any shape; missing values for unknown ids)."""
+        ids = tf.convert_to_tensor(ids)
+        if ids.dtype != tf.string:
+            raise ValueError("CatalogFeatureLookup input must be string product ids, got %s" % ids.dtype.name)
+        return {name: self._tables[name].lookup(ids) for name in (*self.numeric, *self.categorical)}

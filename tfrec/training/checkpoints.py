@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from tfrec import compat
+from tfrec.runs import RunFolder
 
 tf = compat.tensorflow()
 
@@ -204,7 +205,7 @@ class TrainingCheckpoints:
 
 def set_aside_checkpoints(run_dir: Union[str, os.PathLike], now: Optional[datetime] = None) -> Optional[Path]:
     """Move ``<run_dir>/checkpoints`` to ``<run_dir>/checkpoints-set-aside-<UTC time>``; returns it (None: nothing to move)."""
-    source = Path(run_dir) / "checkpoints"
+    source = RunFolder(run_dir).checkpoints
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
     for attempt in range(1000):
         if not source.exists():

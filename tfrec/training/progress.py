@@ -7,17 +7,16 @@ import time
 from typing import Any, Mapping, Optional, TextIO
 
 from tfrec import compat
+from tfrec.log import progress_bars
 
 tf = compat.tensorflow()
 
-log = logging.getLogger("tfrec.training")
+log = logging.getLogger(__name__)
 
 
-def say(message: str, *, show: bool, stream: Optional[TextIO] = None) -> None:
-    """Log ``message`` (INFO) and, when ``show``, print it as a ``[train]`` line on stderr."""
-    log.info(message)
-    if show:
-        print("[train] %s" % message, file=stream or sys.stderr, flush=True)
+def say(message: str, *, show: bool) -> None:
+    """Log ``message``: at INFO when ``show`` (a line `tfrec train` shows), else at DEBUG (shown by ``--verbose``)."""
+    log.log(logging.INFO if show else logging.DEBUG, message)
 
 
 def format_logs(logs: Mapping[str, float]) -> str:
@@ -26,7 +25,11 @@ def format_logs(logs: Mapping[str, float]) -> str:
 
 
 class EpochProgress:
-    """One epoch's progress: a tqdm bar (loss, examples/s) on a terminal, else a single line at the end."""
+    """One epoch's progress: a tqdm bar (loss, examples/s) on a terminal, and a log line with the epoch's numbers at the end.
+
+    The bar draws on ``stream`` (default stderr) when ``show``, the stream is a terminal and
+    :func:`tfrec.log.progress_bars` allows it (not under ``--quiet``).
+    """
 
     def __init__(
         self,
@@ -44,7 +47,7 @@ class EpochProgress:
         self.examples = 0.0
         self.started = time.perf_counter()
         self._bar: Any = None
-        if show and _is_terminal(self.stream):
+        if show and progress_bars() and _is_terminal(self.stream):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
@@ -61,10 +64,10 @@ class EpochProgress:
             self._bar.update(1)
 
     def close(self, summary: Mapping[str, float]) -> None:
-        """End of the epoch: close the bar and print the epoch's numbers once."""
+        """End of the epoch: close the bar and log the epoch's numbers once."""
         if self._bar is not None:
             self._bar.close()
-        say("epoch %d/%d: %s" % (self.epoch + 1, self.epochs, format_logs(summary)), show=self.show, stream=self.stream)
+        say("epoch %d/%d: %s" % (self.epoch + 1, self.epochs, format_logs(summary)), show=self.show)
 
 
 def _is_terminal(stream: TextIO) -> bool:

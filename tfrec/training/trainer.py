@@ -45,9 +45,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from tfrec import compat
+from tfrec.runs import RunFolder
 from tfrec.training.checkpoints import BestWeights, CheckpointError, TrainingCheckpoints
 from tfrec.training.progress import EpochProgress, Summaries, format_logs, say
 from tfrec.training.steps import layer_generators, learning_rates, model_optimizers, step_function, worker
+from tfrec.config.loader import dump_config
 
 tf = compat.tensorflow()
 
@@ -479,17 +481,13 @@ def run_trainer(cfg: Any, run_dir: Any, name: str, strategy: Any, *, early_stopp
                 early_stopping_patience: int = 0, progress: Optional[bool] = None,
                 mixed_precision: Optional[str] = None) -> Trainer:
     """The Trainer of one model of a run, from the config's ``train`` section: checkpoints and TensorBoard under ``run_dir``."""
-    from pathlib import Path
-
-    from tfrec.config.loader import dump_config
-
     tc = cfg.train
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     return Trainer(
         strategy,
-        checkpoint_dir=str(run_dir / "checkpoints" / name) if tc.checkpoint.enabled else None,
+        checkpoint_dir=str(folder.checkpoint_dir(name)) if tc.checkpoint.enabled else None,
         checkpoint_every_steps=tc.checkpoint.every_steps, keep_checkpoints=tc.checkpoint.keep, resume=tc.checkpoint.resume,
-        seed=cfg.run.seed, tensorboard_dir=str(run_dir / "tensorboard" / name) if tc.tensorboard else None,
+        seed=cfg.run.seed, tensorboard_dir=str(folder.tensorboard_dir(name)) if tc.tensorboard else None,
         config_text=dump_config(cfg), progress=tc.progress if progress is None else progress,
         mixed_precision=tc.distribute.mixed_precision if mixed_precision is None else mixed_precision,
         early_stopping_metric=early_stopping_metric, early_stopping_patience=early_stopping_patience,

@@ -3,7 +3,8 @@
 A trial's config is the search's base config (the loaded file with its ``--set`` overrides, saved
 once as ``base_config.yaml`` in the tuner project) plus the trial's values as ``--set`` overrides,
 so every value a trial tries passes the same type and bound checks as a user's override. An
-*objective* ``(config, trial_epochs) -> {metric: value}`` trains and scores one config; every
+*objective* ``(config, trial_epochs) -> {metric: value}``, given by the caller (the search ranker's
+is :class:`tfrec.search.tuning.RankerTrialObjective`), trains and scores one config; every
 metric is maximized. ``trial_epochs`` is Hyperband's ``tuner/epochs`` and ``None`` for the other
 algorithms (the config's own epochs count).
 
@@ -14,9 +15,11 @@ rerun with a config that changes what trials compute is refused (it would mix in
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import math
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +31,17 @@ from tfrec import compat
 from tfrec.config.loader import ConfigError, LoadedConfig, config_to_dict, load_config, save_config
 from tfrec.config.quoting import quote_value
 from tfrec.config.schema import Config, TuneParam
+from tfrec.log import progress_bars
+from tfrec.runs import RunFolder, write_json
 
 kt = compat.keras_tuner()
+log = logging.getLogger(__name__)
 
 Objective = Callable[[Config, Optional[int]], Mapping[str, float]]
 
 BASE_CONFIG = "base_config.yaml"
-BEST_CONFIG = "best_config.yaml"
-RESULTS_FILE = "tuning_results.json"
+BEST_CONFIG = RunFolder(Path()).best_config.name
+RESULTS_FILE = RunFolder(Path()).tuning_results.name
 # Keys keras-tuner's Hyperband adds to a trial's values (bracket bookkeeping, not config keys).
 TUNER_PREFIX = "tuner/"
 # Config keys that may differ between a tuner project's base config and a rerun: they change the
@@ -152,8 +158,9 @@ def check_space(loaded: LoadedConfig, objective: Optional[Objective] = None) -> 
 
     Each choice and both ends of each range are applied to the config as overrides and checked by
     the loader, so an unknown key, a wrong type or an out-of-bounds range fails here, before any
-    trial runs. With an ``objective``, also checks that it reads each key (``affects``), reports
-    ``tune.objective`` (``metrics``) and that Hyperband does not search the epochs it sets.
+    trial runs. With an ``objective``, also checks that it honours each key (its ``untunable_reason(key)``
+    says why not, naming what it can tune), reports ``tune.objective`` (``metrics``) and that Hyperband
+    does not search the epochs it sets.
     """
     tune = loaded.config.tune
     for key, message in space_problems(tune.space):
@@ -171,13 +178,11 @@ def check_space(loaded: LoadedConfig, objective: Optional[Objective] = None) -> 
                     raise loaded.error("tune.space[%d]" % i, "%s=%s is not a valid value: %s" % (key, _yaml_value(value), detail)) from None
     if objective is None:
         return
-    affects = getattr(objective, "affects", None)
+    untunable_reason = getattr(objective, "untunable_reason", None)
     for i, p in enumerate(tune.space):
-        if affects is not None and not affects(p.key.strip()):
-            raise loaded.error(
-                "tune.space[%d]" % i,
-                "%s does not change what a %s trial computes (searching it would only spend trials)" % (p.key.strip(), tune.target),
-            )
+        reason = untunable_reason(p.key.strip()) if untunable_reason is not None else None
+        if reason:
+            raise loaded.error("tune.space[%d]" % i, reason)
     metrics = getattr(objective, "metrics", None)
     if metrics is not None and tune.objective not in metrics:
         raise loaded.error(
@@ -246,7 +251,7 @@ class ConfigTuner(kt.engine.base_tuner.BaseTuner):
         """Record the trial; say why when it failed (keras-tuner keeps the traceback in trial.json only)."""
         super().on_trial_end(trial)
         if trial.status != "COMPLETED" and trial.message:
-            print("[tune] trial %s %s: %s" % (trial.trial_id, trial.status, _last_line(trial.message)), flush=True)
+            log.warning("trial %s %s: %s", trial.trial_id, trial.status, _last_line(trial.message))
 
 
 def _last_line(message: str) -> str:
@@ -361,28 +366,16 @@ def results_table(results: Mapping[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)  # readers never see half a file
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
-def default_objective(loaded: LoadedConfig) -> Objective:
-    """The objective of ``tune.target`` for the config's data (the search ranker; see tfrec.search.tuning)."""
-    from tfrec.search.tuning import trial_objective
+def run_tuning(loaded: LoadedConfig, out_dir: Path, *, objective: Objective) -> dict:
+    """Run (or resume) the search of ``loaded``'s tune section over ``objective``; write best_config.yaml and tuning_results.json to ``out_dir``.
 
-    return trial_objective(loaded)
-
-
-def run_tuning(loaded: LoadedConfig, out_dir: Path, *, objective: Optional[Objective] = None) -> dict:
-    """Run (or resume) the search of ``loaded``'s tune section; write best_config.yaml and tuning_results.json to ``out_dir``."""
+    The caller brings the objective (``tfrec tune`` the search ranker's: tfrec.search.tuning.tune_search).
+    """
     cfg = loaded.config
     tune = cfg.tune
-    check_space(loaded)  # cheap checks first: a bad space fails before any data is read
-    objective = objective if objective is not None else default_objective(loaded)
     check_space(loaded, objective)
     oracle = make_oracle(loaded, hyperparameters_from_space(tune.space), tune.objective)
     directory = Path(tune.directory)
@@ -396,7 +389,8 @@ def run_tuning(loaded: LoadedConfig, out_dir: Path, *, objective: Optional[Objec
     start = time.perf_counter()
     stopped = None
     try:
-        tuner.search(verbose=1 if cfg.train.progress else 0)
+        with contextlib.redirect_stdout(sys.stderr):  # keras-tuner prints its progress; stdout is for results
+            tuner.search(verbose=1 if cfg.train.progress and progress_bars() else 0)
     except kt.errors.FatalError as err:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__ from None
@@ -423,12 +417,11 @@ def run_tuning(loaded: LoadedConfig, out_dir: Path, *, objective: Optional[Objec
         best = best_trials[0]
         best_loaded = tuner.trial_config(best.hyperparameters.values)
         results["best"] = {**trial_record(best, space_keys), "overrides": tuner.trial_overrides(best.hyperparameters.values)}
-        results["best_config"] = str(save_config(best_loaded, out_dir / BEST_CONFIG))
-    _write_json(out_dir / RESULTS_FILE, results)
+        results["best_config"] = str(save_config(best_loaded, RunFolder(out_dir).best_config))
+    write_json(RunFolder(out_dir).tuning_results, results)
     if stopped or not best_trials:
-        raise RuntimeError("%s (each trial's error is in %s)" % (stopped or "no trial completed", out_dir / RESULTS_FILE))
-    print(results_table(results), flush=True)
-    chosen = results["best"]
-    print("[tune] best %s = %.4f (trial %s); config: %s"
-          % (tune.objective, chosen["metrics"][tune.objective], chosen["trial_id"], results["best_config"]), flush=True)
+        raise RuntimeError("%s (each trial's error is in %s)" % (stopped or "no trial completed", RunFolder(out_dir).tuning_results))
+    chosen = results["best"]  # `tfrec tune` prints results_table(results)
+    log.info("best %s = %.4f (trial %s); config: %s",
+             tune.objective, chosen["metrics"][tune.objective], chosen["trial_id"], results["best_config"])
     return results

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from tfrec.config.loader import load_config
 from tfrec.data.tables import Catalog, Judgments
+from tfrec.runs import SEARCH, RunFolder, RunIncomplete
 
 
 class WarmStartError(ValueError):
@@ -34,23 +36,27 @@ class PreviousRun:
     @property
     def retrieval_weights(self) -> Path:
         """The two towers' checkpoint prefix."""
-        return self.run_dir / "retrieval" / "weights"
+        return RunFolder(self.run_dir).retrieval_weights
 
 
 def read_previous_run(run_dir: Path) -> PreviousRun:
     """Load a previous search run's config, vocabulary and metrics (clear errors for what is missing)."""
-    from tfrec.config.loader import load_config
-    from tfrec.runs import CONFIG_FILE
-
-    run_dir = Path(run_dir)
-    needed = [run_dir / CONFIG_FILE, run_dir / "retrieval" / "weights.index", run_dir / "retrieval" / "product_vocabulary.txt"]
-    missing = [str(p) for p in needed if not p.is_file()]
+    folder = RunFolder(run_dir)
+    record = folder.record()
+    if record is not None:  # runs without run.json (older tfrec) are judged by their files alone
+        if folder.kind() != SEARCH:
+            raise WarmStartError("--warm-start %s is a %s run, not a search run" % (folder.root, record.kind))
+        try:
+            folder.require_finished()
+        except RunIncomplete as err:
+            raise WarmStartError("--warm-start: %s" % err) from err
+    weights_index = folder.retrieval_weights.with_name(folder.retrieval_weights.name + ".index")
+    missing = [str(p) for p in (folder.config, weights_index, folder.retrieval_vocabulary) if not p.is_file()]
     if missing:
-        raise WarmStartError("--warm-start %s is not a trained search run; missing: %s" % (run_dir, ", ".join(missing)))
-    vocabulary = [line for line in (run_dir / "retrieval" / "product_vocabulary.txt").read_text(encoding="utf-8").split("\n") if line]
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return PreviousRun(run_dir, load_config(run_dir / CONFIG_FILE, []), vocabulary, metrics)
+        raise WarmStartError("--warm-start %s is not a trained search run; missing: %s" % (folder.root, ", ".join(missing)))
+    vocabulary = [line for line in folder.retrieval_vocabulary.read_text(encoding="utf-8").split("\n") if line]
+    metrics = json.loads(folder.metrics.read_text(encoding="utf-8")) if folder.metrics.is_file() else {}
+    return PreviousRun(folder.root, load_config(folder.config, []), vocabulary, metrics)
 
 
 def grown_vocabulary(old: list[str], new: Iterable[str]) -> list[str]:

@@ -1,10 +1,13 @@
-"""The MovieLens multi-task run's report: one table of test metrics per (mixture, weighting), as Markdown and HTML."""
+"""The MovieLens multi-task run's report, rendered from its metrics.json.
+
+One table of test metrics per (mixture, weighting), as Markdown and HTML.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tfrec.reports.markup import Block, Bullets, Heading, KeyValues, Paragraph, TableBlock, to_html, to_markdown
+from tfrec.reports.markup import Block, Bullets, Heading, KeyValues, Paragraph, TableBlock, write_report
 from tfrec.reports.tables import Cell, Table, fmt3, fmt_count, fmt_duration, fmt_value
 
 TITLE = "MovieLens 100K: multi-task rating + retrieval"
@@ -59,9 +62,6 @@ def report_blocks(metrics: Mapping[str, Any]) -> list[Block]:
 
 
 def write_reports(metrics: Mapping[str, Any], run_dir: Path) -> list[Path]:
-    """Write report.md and report.html into ``run_dir``; return their paths."""
-    blocks = report_blocks(metrics)
-    md_path, html_path = Path(run_dir) / "report.md", Path(run_dir) / "report.html"
-    md_path.write_text(to_markdown(blocks), encoding="utf-8")
-    html_path.write_text(to_html(TITLE, blocks), encoding="utf-8")
+    """Write report.md and report.html into ``run_dir`` (the report has no charts); return their paths."""
+    md_path, html_path, _ = write_report(Path(run_dir), TITLE, report_blocks(metrics), ())
     return [md_path, html_path]

@@ -1,0 +1,170 @@
+"""The feature ranker's inputs, computed in the graph: one definition for training and the export.
+
+As in TF-Ranking's Keras model builder (create inputs -> preprocess -> score), the
+:class:`~tfrec.ranking.model.RankerHead` scores what :class:`RankerFeatures` makes of raw
+(query, product) lists. Training calls the layer on catalog rows with the query vectors it has
+already encoded (:func:`tfrec.search.ranker_data.head_inputs`, once per list set); the
+``search_ranker`` SavedModel (:class:`tfrec.search.export.RankerExport`) calls it on request
+strings, a bounded chunk of rows at a time, after encoding each distinct query once. The numbers
+the evaluation scores are therefore the numbers the export computes.
+
+Per item the layer reads a product's vectors from the catalog matrices when it is a catalog
+product (training always; the export when a request sends a catalog id with its catalog title)
+and encodes the others with the two towers' product side and the zero-shot encoder. Per-item
+catalog features live in one dict of row-aligned matrices (:data:`ITEM_VECTORS`), so further
+per-product columns (the catalog's numeric or categorical features) can join it as more entries.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from tfrec import compat
+from tfrec.ranking.model import LEXICAL_FEATURES
+from tfrec.serving.bounded import map_row_chunks
+
+tf = compat.tensorflow()
+
+# The head's per-item inputs read from the catalog by row (or encoded for other products), in this order.
+ITEM_VECTORS = ("product_vector", "product_zero")
+
+
+class RankerFeatures(tf.keras.layers.Layer):
+    """Raw (query, product list) inputs -> the RankerHead's inputs.
+
+    ``call`` takes ``query`` [B] (string), ``query_vector`` [B, D] and ``query_zero`` [B, Dz] (see
+    :meth:`encode_queries`), ``product_id`` and ``title`` [B, L] (string), and optionally
+    ``product_row`` [B, L] (each item's catalog row, -1 for a product outside the catalog; when
+    absent, looked up from the id and title) and ``mask`` [B, L] (False for padding; all True
+    when absent). It returns ``query_vector``, ``query_zero``, ``product_vector`` [B, L, D],
+    ``product_zero`` [B, L, Dz], ``lexical`` [B, L, F] (:data:`LEXICAL_FEATURES` order) and
+    ``product_id`` [B, L]; padding items get zeros and an empty id.
+
+    ``pair_features`` is a :class:`~tfrec.lexical.LexicalScorer`'s ``pair_features`` (or a traced
+    copy of it). Catalog lookups need ``ids`` and ``titles``; products outside the catalog, and
+    :meth:`encode_queries`, need ``retrieval`` (the two towers) and ``zero_encoder``.
+    """
+
+    def __init__(self, pair_features: Callable[[Any, Any], dict], catalog_dense: Optional[np.ndarray] = None,
+                 catalog_zero: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None,
+                 *, retrieval: Any = None, zero_encoder: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        if (catalog_dense is None) != (catalog_zero is None):
+            raise ValueError("RankerFeatures needs both catalog matrices (catalog_dense and catalog_zero) or neither")
+        if (ids is None) != (titles is None) or (ids is not None and catalog_dense is None):
+            raise ValueError("RankerFeatures looks products up by id and title: give ids, titles and the catalog matrices together")
+        if (retrieval is None) != (zero_encoder is None):
+            raise ValueError("RankerFeatures encodes with both the two towers (retrieval) and zero_encoder, or with neither")
+        if catalog_dense is None and retrieval is None:
+            raise ValueError("RankerFeatures needs the catalog matrices, the encoders (retrieval, zero_encoder), or both")
+        self.pair_features = pair_features
+        self.retrieval, self.zero_encoder = retrieval, zero_encoder
+        self.catalog: dict[str, Any] = {}
+        if catalog_dense is not None:
+            matrices = dict(zip(ITEM_VECTORS, (catalog_dense, catalog_zero)))
+            sizes = {len(m) for m in matrices.values()} | ({len(ids), len(titles)} if ids is not None else set())
+            if len(sizes) != 1:
+                raise ValueError("catalog_dense, catalog_zero, ids and titles must have one row per product; got %d, %d, %s, %s rows"
+                                 % (len(catalog_dense), len(catalog_zero), None if ids is None else len(ids),
+                                    None if titles is None else len(titles)))
+            # Variables, not constants: every traced function shares one copy, and an export saves it once.
+            self.catalog = {name: tf.Variable(np.asarray(m, np.float32), trainable=False, name="catalog_" + name)
+                            for name, m in matrices.items()}
+        self.item_dims = (
+            {name: int(v.shape[1]) for name, v in self.catalog.items()} if self.catalog
+            else {"product_vector": int(retrieval.dim), "product_zero": int(zero_encoder.output_dim)}
+        )
+        self.row_of = self.catalog_titles = None
+        if ids is not None:
+            keys = np.asarray(ids).astype(str).astype(object)
+            self.row_of = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1)
+            self.catalog_titles = tf.Variable(np.asarray(titles).astype(str).astype(object), trainable=False, dtype=tf.string,
+                                              name="catalog_titles")
+        self.built = True  # nothing depends on input shapes; unbuilt layers are only half-exported
+
+    def encode_queries(self, query: Any, chunk_rows: int) -> dict[str, Any]:
+        """``query_vector`` and ``query_zero`` of query strings [B], each distinct query encoded once, ``chunk_rows`` at a time."""
+        self._needs_encoders("encode queries")
+        unique, index = tf.unique(query)
+        encoders = (self.retrieval.query_encoder, self.zero_encoder)
+        vectors = map_row_chunks(lambda q: [e(q, training=False) for e in encoders], [unique], chunk_rows,
+                                 [(tf.float32, [e.output_dim]) for e in encoders])
+        return {name: tf.gather(v, index) for name, v in zip(("query_vector", "query_zero"), vectors)}
+
+    def catalog_rows(self, product_id: Any, title: Any) -> Any:
+        """int64 catalog row of each (id, title) whose title is the catalog's title for that id; -1 for any other pair."""
+        if self.row_of is None:
+            return tf.fill(tf.shape(product_id), tf.constant(-1, tf.int64))
+        rows = self.row_of.lookup(product_id)
+        known = (rows >= 0) & tf.equal(tf.gather(self.catalog_titles, tf.maximum(rows, 0)), title)
+        return tf.where(known, rows, -1)
+
+    def call(self, inputs: dict) -> dict:
+        """The RankerHead's inputs of the lists in ``inputs`` (see the class docstring)."""
+        query = tf.convert_to_tensor(inputs["query"], tf.string)
+        product_id = tf.convert_to_tensor(inputs["product_id"], tf.string)
+        title = tf.convert_to_tensor(inputs["title"], tf.string)
+        shape = tf.shape(product_id)
+        flat_ids, flat_titles = tf.reshape(product_id, [-1]), tf.reshape(title, [-1])
+        mask = tf.reshape(inputs["mask"], [-1]) if "mask" in inputs else tf.ones_like(flat_ids, tf.bool)
+        if "product_row" in inputs:
+            rows = tf.reshape(tf.cast(inputs["product_row"], tf.int64), [-1])
+        else:
+            rows = self.catalog_rows(flat_ids, flat_titles)
+
+        features = {
+            "query_vector": tf.convert_to_tensor(inputs["query_vector"], tf.float32),
+            "query_zero": tf.convert_to_tensor(inputs["query_zero"], tf.float32),
+        }
+        for name, values in self._items(rows, mask, flat_ids, flat_titles).items():
+            features[name] = _unflatten(values, shape, self.item_dims[name])
+        lexical = self._lexical(tf.repeat(query, shape[1]), flat_titles, mask)
+        features["lexical"] = _unflatten(lexical, shape, len(LEXICAL_FEATURES))
+        features["product_id"] = tf.reshape(tf.where(mask, flat_ids, ""), shape)
+        return features
+
+    def _items(self, rows: Any, mask: Any, product_id: Any, title: Any) -> dict[str, Any]:
+        """Flat per-item vectors: catalog rows gathered, other products encoded, padding zeros."""
+        known = mask & (rows >= 0)
+        new = mask & (rows < 0)
+        known_at, new_at, pad_at = (tf.cast(tf.where(c)[:, 0], tf.int32) for c in (known, new, ~mask))
+        if not self.catalog:
+            # Built without a catalog, every item is a product to encode.
+            tf.debugging.assert_equal(tf.size(known_at), 0, message="RankerFeatures has no catalog to read product_row from")
+        new_ids, new_titles = tf.gather(product_id, new_at), tf.gather(title, new_at)
+        empty = {name: tf.zeros([0, dim]) for name, dim in self.item_dims.items()}
+        if self.retrieval is None:
+            tf.debugging.assert_equal(tf.size(new_at), 0, message="RankerFeatures without encoders got products outside the catalog")
+            encoded = empty
+        else:
+            encoded = tf.cond(tf.size(new_at) > 0, lambda: self._encode_products(new_ids, new_titles), lambda: empty)
+        known_rows = tf.gather(rows, known_at)
+        out = {}
+        for name, dim in self.item_dims.items():
+            from_catalog = tf.gather(self.catalog[name], known_rows) if self.catalog else tf.zeros([0, dim])
+            padding = tf.zeros([tf.size(pad_at), dim])
+            out[name] = tf.ensure_shape(tf.dynamic_stitch([known_at, new_at, pad_at], [from_catalog, encoded[name], padding]), [None, dim])
+        return out
+
+    def _encode_products(self, product_id: Any, title: Any) -> dict[str, Any]:
+        return {"product_vector": self.retrieval.product_vectors(product_id, title),
+                "product_zero": self.zero_encoder(title, training=False)}
+
+    def _lexical(self, query: Any, title: Any, mask: Any) -> Any:
+        """Flat [n, F] lexical features of the real (query, title) pairs; zeros at padding."""
+        real_at = tf.where(mask)
+        pairs = self.pair_features(tf.gather_nd(query, real_at), tf.gather_nd(title, real_at))
+        values = tf.stack([pairs[name] for name in LEXICAL_FEATURES], axis=-1)
+        return tf.scatter_nd(real_at, values, tf.stack([tf.size(mask, out_type=tf.int64), len(LEXICAL_FEATURES)]))
+
+    def _needs_encoders(self, what: str) -> None:
+        if self.retrieval is None:
+            raise ValueError("RankerFeatures was built without encoders (retrieval, zero_encoder): it cannot %s" % what)
+
+
+def _unflatten(values: Any, shape: Any, dim: int) -> Any:
+    """Flat [B * L, dim] -> [B, L, dim], the last dimension static (the head's layers need it)."""
+    return tf.ensure_shape(tf.reshape(values, tf.concat([shape, [dim]], 0)), [None, None, dim])
