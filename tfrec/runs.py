@@ -321,10 +321,16 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path: Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON atomically (temp file, fsync, rename): readers never see half a file."""
+def write_json(path: Path, payload: Any, *, compact: bool = False) -> Path:
+    """Write ``payload`` as JSON atomically (temp file, fsync, rename): readers never see half a file.
+
+    Indented by default; ``compact`` writes one line with non-ASCII kept as is (large files).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=True) + "\n"
+    if compact:
+        text = json.dumps(payload, ensure_ascii=False, default=_json_default) + "\n"
+    else:
+        text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=True) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
     return path

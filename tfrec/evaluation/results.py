@@ -14,8 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from tfrec.evaluation.search import SearchEvalSet
-from tfrec.files import write_bytes_atomic
-from tfrec.runs import RunFolder
+from tfrec.runs import RunFolder, write_json
 
 TOP_RESULTS_FILE = RunFolder(Path()).top_results.name  # the file's name, for callers that write it by name
 FORMAT = "tfrec.top_results/1"
@@ -46,9 +45,8 @@ def top_results_record(es: SearchEvalSet, top: np.ndarray, product_ids: Sequence
 
 
 def write_top_results(path: Path, record: dict[str, Any]) -> Path:
-    """Save a :func:`top_results_record` as JSON (atomically)."""
-    write_bytes_atomic(Path(path), (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    return Path(path)
+    """Save a :func:`top_results_record` as one line of JSON (atomically: it can be large)."""
+    return write_json(Path(path), record, compact=True)
 
 
 def read_top_results(path: Path) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Sequence, Union
 
 from tfrec.files import write_bytes_atomic
 from tfrec.reports.tables import Cell, Table
+from tfrec.runs import RunFolder
 
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
+MARKDOWN_FILE = RunFolder(Path()).report_markdown.name
+HTML_FILE = RunFolder(Path()).report_html.name
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ def write_report(run_dir: Path, title: str, blocks: Sequence[Block], chart_names
         else:
             (run_dir / name).unlink(missing_ok=True)
         (run_dir / (Path(name).stem + ".svg")).unlink(missing_ok=True)  # the SVG charts of tfrec 0.1 reports
-    md, html = run_dir / MARKDOWN_FILE, run_dir / HTML_FILE
+    md, html = RunFolder(run_dir).report_markdown, RunFolder(run_dir).report_html
     write_bytes_atomic(md, to_markdown(blocks).encode("utf-8"))
     write_bytes_atomic(html, to_html(title, blocks).encode("utf-8"))
     return md, html, written
