@@ -4,7 +4,10 @@ Per item it sees the fine-tuned two-tower vectors (their cosine, which is the re
 and their element-wise product), the zero-shot MiniLM cosine, lexical match features computed
 in-graph (BM25, matched-term shares, character trigram overlap) and optionally a product-id
 embedding (training products only; unseen ids get exact zeros and ``id_dropout`` trains that
-path). Optional DCN-v2 cross layers model feature interactions explicitly. Trained listwise with
+path) and, when the run names catalog columns (``data.catalog.numeric_columns`` /
+``categorical_columns``), a :class:`~tfrec.text.fusion.FeatureFusion` of the product's columns
+(numeric standardized with the catalog's statistics plus missing flags, categorical embeddings
+with an out-of-vocabulary row). Optional DCN-v2 cross layers model feature interactions explicitly. Trained listwise with
 TF-Ranking losses on padded lists (label -1 = padding, masked by the losses and metrics).
 
 The final score adds ``dense_weight`` times the two-tower score z-scored over the whole catalog
@@ -19,13 +22,13 @@ training and in the export (which adds the encoders, so the SavedModel takes raw
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tfrec import compat
 from tfrec.evaluation.zscore import zscore
-from tfrec.text.fusion import FeatureFusion
+from tfrec.text.fusion import TEXT_KEY, FeatureFusion
 
 tf = compat.tensorflow()
 
@@ -33,6 +36,13 @@ import tensorflow_recommenders as tfrs  # noqa: E402  (after compat: Keras 2 mod
 
 # The lexical features the head reads, in this order (tfrec.lexical pair_features keys).
 LEXICAL_FEATURES = ("bm25", "matched_fraction", "idf_matched_fraction", "query_terms", "title_terms", "char_trigram_jaccard")
+# Size of the fused catalog columns each item adds to the MLP's input (when the run has columns).
+CATALOG_COLUMNS_DIM = 8
+
+
+def catalog_input(column: str) -> str:
+    """The head input holding a catalog column's per-item values [B, L] (prefixed: a column may be named like a feature)."""
+    return "catalog_" + column
 
 
 def log_lexical(values: Any) -> tf.Tensor:
@@ -74,7 +84,13 @@ class CatalogZScore(tf.keras.layers.Layer):
 
 
 class RankerHead(tf.keras.Model):
-    """Lists of precomputed item features -> scores [B, L]."""
+    """Lists of precomputed item features -> scores [B, L].
+
+    ``catalog_columns`` is FeatureFusion's ``numeric``, ``numeric_mean``, ``numeric_variance`` and
+    ``categorical`` for the catalog columns fused per item (``CatalogFeatureLookup.fusion_arguments()``);
+    the head then reads them as :func:`catalog_input` inputs. None: no column branch, so no extra
+    inputs or variables.
+    """
 
     def __init__(
         self,
@@ -86,6 +102,7 @@ class RankerHead(tf.keras.Model):
         hidden_units: Sequence[int] = (32, 16),
         cross_layers: int = 0,
         dropout: float = 0.1,
+        catalog_columns: Optional[Mapping[str, Any]] = None,
         seed: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
@@ -116,6 +133,28 @@ class RankerHead(tf.keras.Model):
         self.catalog_stats = CatalogZScore(name="catalog_stats")
         self.dense_weight = self.add_weight(name="dense_weight", shape=[], initializer="zeros", trainable=False)
         self.score_scale = self.add_weight(name="score_scale", shape=[], initializer="ones", trainable=False)
+        # Last, so a head without columns creates exactly the variables it always did, in the same order.
+        self.columns = (
+            FeatureFusion(CATALOG_COLUMNS_DIM, hidden_units=(), normalize_output=False, seed=seed, name="catalog_columns",
+                          **catalog_columns)
+            if catalog_columns
+            else None
+        )
+
+    @property
+    def column_inputs(self) -> tuple[str, ...]:
+        """The head inputs of the catalog columns it fuses (empty without columns)."""
+        if self.columns is None:
+            return ()
+        return tuple(catalog_input(name) for name in (*self.columns.numeric, *self.columns.categorical))
+
+    def missing_columns(self, shape: Sequence[int]) -> dict[str, tf.Tensor]:
+        """The catalog-column inputs of items of ``shape`` [B, L] whose columns are all missing (NaN, "")."""
+        if self.columns is None:
+            return {}
+        values = {catalog_input(n): tf.fill(shape, float("nan")) for n in self.columns.numeric}
+        values.update({catalog_input(n): tf.fill(shape, "") for n in self.columns.categorical})
+        return values
 
     def set_dense_fusion(self, catalog_vectors: Any, weight: float, scale: float) -> None:
         """Final score = MLP score / ``scale`` + ``weight`` * the two-tower score z-scored over ``catalog_vectors``."""
@@ -168,7 +207,22 @@ class RankerHead(tf.keras.Model):
             ids = tf.reshape(inputs["product_id"], [-1])
             vectors = self.ids.id_embedding(ids, training=training)
             parts.append(tf.reshape(vectors, tf.concat([tf.shape(cos)[:2], [self.ids.id_embedding_dim]], 0)))
+        if self.columns is not None:
+            parts.append(self._fused_columns(inputs, tf.shape(cos)[:2], training))
         return tf.concat(parts, axis=-1)
+
+    def _fused_columns(self, inputs: dict, shape: Any, training: bool) -> tf.Tensor:
+        """[B, L, CATALOG_COLUMNS_DIM]: each item's catalog columns through the column FeatureFusion."""
+        absent = [name for name in self.column_inputs if name not in inputs]
+        if absent:
+            raise ValueError("RankerHead fuses catalog columns but its inputs lack %s (got %s): compute them with "
+                             "RankerFeatures given the run's catalog columns" % (", ".join(absent), ", ".join(sorted(inputs))))
+        names = [*self.columns.numeric, *self.columns.categorical]
+        flat = {name: tf.reshape(inputs[catalog_input(name)], [-1]) for name in names}
+        # The branch fuses columns only: its text input is empty.
+        flat[TEXT_KEY] = tf.zeros(tf.stack([tf.size(flat[names[0]]), 0]))
+        fused = self.columns(flat, training=training)
+        return tf.reshape(fused, tf.concat([shape, [CATALOG_COLUMNS_DIM]], 0))
 
     def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
         """Scores [B, L] of every list item (padding items get a score too; losses mask them)."""

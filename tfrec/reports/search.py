@@ -50,12 +50,23 @@ def _meta(report: SearchMetrics) -> Paragraph:
         parts.append("Run %s" % report.run_name)
     if report.catalog_size:
         parts.append("catalog of %s products" % fmt_count(report.catalog_size))
+    columns = _catalog_columns(report)
+    if columns:
+        parts.append("catalog columns in the models: " + columns)
     order = sorted(report.n_queries, key=lambda v: VIEWS.index(v) if v in VIEWS else len(VIEWS))
     counts = ["%s %s" % (fmt_count(report.n_queries[v]), _VIEW_WORDS.get(v, v)) for v in order if report.n_queries[v] is not None]
     if counts:
         parts.append("queries: " + ", ".join(counts))
     parts.append("%d systems" % len(report.systems))
     return _say("; ".join(parts) + ".", note=True)
+
+
+def _catalog_columns(report: SearchMetrics) -> str:
+    """The catalog columns the models fuse, from the training records ("price (numeric), brand (categorical)"; "" for none)."""
+    listed = next((d["catalog_columns"] for d in report.training.values() if isinstance(d, Mapping) and d.get("catalog_columns")), None)
+    if not listed:
+        return ""
+    return ", ".join("%s (%s)" % (name, kind) for kind in ("numeric", "categorical") for name in listed.get(kind, []))
 
 
 def _say(text: str, note: bool = False) -> Paragraph:

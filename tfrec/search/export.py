@@ -31,7 +31,7 @@ import numpy as np
 from tfrec import compat
 from tfrec.search.features import RankerFeatures
 from tfrec.search.hybrid import HybridScorer, HybridWeights
-from tfrec.search.models import build_retrieval, ranker_head, retrieval_model
+from tfrec.search.models import build_retrieval, catalog_features, ranker_head, retrieval_model
 from tfrec.serving.service import CATALOG_FILE, RANKER_MODEL as RANKER_NAME, RETRIEVAL_MODEL as RETRIEVAL_NAME
 from tfrec.serving.bounded import DEFAULT_CHUNK_ROWS, map_row_chunks
 from tfrec.serving.catalog_file import catalog_json
@@ -45,6 +45,7 @@ from tfrec.ranking.model import LEXICAL_FEATURES
 from tfrec.retrieval.index import build_index
 from tfrec.runs import RunFolder, SEARCH
 from tfrec.text.catalog import catalog_text_features, frozen_encoder
+from tfrec.text.fusion import CatalogFeatureLookup
 
 tf = compat.tensorflow()
 
@@ -93,17 +94,25 @@ class RankerExport(tf.Module):
     catalog product sent with its catalog title takes its product vectors from the exported catalog
     matrices (the numbers the evaluation used) instead of running both BERT towers on its title;
     other pairs (new ids, changed titles) are encoded. A re-rank request repeats one query ~100
-    times: each distinct query is encoded once.
+    times: each distinct query is encoded once. A head that fuses catalog columns needs
+    ``catalog_columns`` (the run's :class:`~tfrec.text.fusion.CatalogFeatureLookup`): they are looked
+    up by product id in the graph, an id outside the catalog getting the missing values.
     """
 
     def __init__(self, retrieval: Any, zero_encoder: Any, lexical: Any, head: Any, catalog_dense: Optional[np.ndarray] = None,
                  catalog_zero: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None,
-                 chunk_rows: int = RANKER_CHUNK_ROWS) -> None:
+                 chunk_rows: int = RANKER_CHUNK_ROWS, catalog_columns: Optional[CatalogFeatureLookup] = None) -> None:
         super().__init__()
+        if head.column_inputs and catalog_columns is None:
+            raise ValueError("the ranker head fuses catalog columns (%s): give RankerExport the run's catalog_columns to look "
+                             "them up" % ", ".join(head.column_inputs))
+        if catalog_columns is not None and not head.column_inputs:
+            raise ValueError("RankerExport was given catalog_columns but the ranker head fuses none")
         self.retrieval, self.zero_encoder, self.lexical, self.head = retrieval, zero_encoder, lexical, head
         self.chunk_rows = chunk_rows
         self.features = RankerFeatures(lexical.pair_features, catalog_dense, catalog_zero, ids, titles,
-                                       retrieval=retrieval, zero_encoder=zero_encoder, name="ranker_features")
+                                       retrieval=retrieval, zero_encoder=zero_encoder, catalog_columns=catalog_columns,
+                                       name="ranker_features")
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="query"),
@@ -148,6 +157,7 @@ class SearchModels:
     titles: np.ndarray
     weights: HybridWeights
     top_k: int
+    catalog_columns: Optional[CatalogFeatureLookup] = None  # the catalog columns the ranker head fuses
 
 
 def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
@@ -172,7 +182,8 @@ def export_search(models: SearchModels, export_dir: Path, version: Optional[int]
         models.ids, models.weights, models.top_k,
     )
     ranker = RankerExport(models.retrieval, models.zero_encoder, models.lexical, models.head,
-                          models.catalog_dense, models.catalog_zero, models.ids, models.titles)
+                          models.catalog_dense, models.catalog_zero, models.ids, models.titles,
+                          catalog_columns=models.catalog_columns)
     pairs = _warmup_pairs(models)
     examples = [dict(zip(RANKER_FEATURES, values)) for values in zip(*(pairs[f] for f in RANKER_FEATURES))]
     names = [RETRIEVAL_NAME, RANKER_NAME] + ([SCANN_NAME] if scann else [])
@@ -260,11 +271,11 @@ def load_search_models(run_dir: Path) -> SearchModels:
     zero_encoder = frozen_encoder(cfg.text)
     catalog_zero, _ = catalog_text_features(list(titles), cfg.text, progress=True, encoder=zero_encoder)
 
-    head = ranker_head(cfg, _read_lines(folder.ranker_vocabulary) or None)
+    head = ranker_head(cfg, _read_lines(folder.ranker_vocabulary) or None, data.catalog)
     dim, zdim = retrieval.dim, zero_encoder.output_dim
     head({"query_vector": tf.zeros([1, dim]), "product_vector": tf.zeros([1, 1, dim]), "query_zero": tf.zeros([1, zdim]),
           "product_zero": tf.zeros([1, 1, zdim]), "lexical": tf.zeros([1, 1, len(LEXICAL_FEATURES)]),
-          "product_id": tf.constant([[""]])})
+          "product_id": tf.constant([[""]]), **head.missing_columns([1, 1])})
     head.load_weights(str(folder.ranker_weights)).expect_partial()
     head.lexical_norm.finalize_state()  # Normalization reads its adapted statistics only here
 
@@ -272,6 +283,7 @@ def load_search_models(run_dir: Path) -> SearchModels:
         retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(folder.lexical, max_query_terms=cfg.retrieval.query_max_terms), head=head,
         catalog_dense=catalog_dense, catalog_zero=catalog_zero, ids=ids, titles=titles,
         weights=HybridWeights(**search["hybrid_weights"]), top_k=int(search["top_k"]),
+        catalog_columns=catalog_features(cfg, data.catalog),
     )
 
 

@@ -11,8 +11,10 @@ the evaluation scores are therefore the numbers the export computes.
 Per item the layer reads a product's vectors from the catalog matrices when it is a catalog
 product (training always; the export when a request sends a catalog id with its catalog title)
 and encodes the others with the two towers' product side and the zero-shot encoder. Per-item
-catalog features live in one dict of row-aligned matrices (:data:`ITEM_VECTORS`), so further
-per-product columns (the catalog's numeric or categorical features) can join it as more entries.
+catalog features live in one dict of row-aligned matrices (:data:`ITEM_VECTORS`). The catalog's
+numeric and categorical columns (``data.catalog.numeric_columns`` / ``categorical_columns``), when
+the run names any, are looked up by product id in the same graph (a
+:class:`~tfrec.text.fusion.CatalogFeatureLookup`), as the product tower looks them up.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from tfrec import compat
-from tfrec.ranking.model import LEXICAL_FEATURES
+from tfrec.ranking.model import LEXICAL_FEATURES, catalog_input
 from tfrec.serving.bounded import map_row_chunks
+from tfrec.text.fusion import CatalogFeatureLookup
 
 tf = compat.tensorflow()
 
@@ -39,7 +42,10 @@ class RankerFeatures(tf.keras.layers.Layer):
     absent, looked up from the id and title) and ``mask`` [B, L] (False for padding; all True
     when absent). It returns ``query_vector``, ``query_zero``, ``product_vector`` [B, L, D],
     ``product_zero`` [B, L, Dz], ``lexical`` [B, L, F] (:data:`LEXICAL_FEATURES` order) and
-    ``product_id`` [B, L]; padding items get zeros and an empty id.
+    ``product_id`` [B, L]; padding items get zeros and an empty id. With ``catalog_columns`` it also
+    returns each column's values [B, L] under :func:`~tfrec.ranking.model.catalog_input` names,
+    looked up by product id (whatever the title): an id outside the catalog, and padding, get the
+    missing values (NaN, "").
 
     ``pair_features`` is a :class:`~tfrec.lexical.LexicalScorer`'s ``pair_features`` (or a traced
     copy of it). Catalog lookups need ``ids`` and ``titles``; products outside the catalog, and
@@ -48,7 +54,8 @@ class RankerFeatures(tf.keras.layers.Layer):
 
     def __init__(self, pair_features: Callable[[Any, Any], dict], catalog_dense: Optional[np.ndarray] = None,
                  catalog_zero: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None,
-                 *, retrieval: Any = None, zero_encoder: Any = None, **kwargs: Any) -> None:
+                 *, retrieval: Any = None, zero_encoder: Any = None, catalog_columns: Optional[CatalogFeatureLookup] = None,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         if (catalog_dense is None) != (catalog_zero is None):
@@ -61,6 +68,7 @@ class RankerFeatures(tf.keras.layers.Layer):
             raise ValueError("RankerFeatures needs the catalog matrices, the encoders (retrieval, zero_encoder), or both")
         self.pair_features = pair_features
         self.retrieval, self.zero_encoder = retrieval, zero_encoder
+        self.columns = catalog_columns
         self.catalog: dict[str, Any] = {}
         if catalog_dense is not None:
             matrices = dict(zip(ITEM_VECTORS, (catalog_dense, catalog_zero)))
@@ -123,8 +131,21 @@ class RankerFeatures(tf.keras.layers.Layer):
             features[name] = _unflatten(values, shape, self.item_dims[name])
         lexical = self._lexical(tf.repeat(query, shape[1]), flat_titles, mask)
         features["lexical"] = _unflatten(lexical, shape, len(LEXICAL_FEATURES))
-        features["product_id"] = tf.reshape(tf.where(mask, flat_ids, ""), shape)
+        real_ids = tf.where(mask, flat_ids, "")
+        features["product_id"] = tf.reshape(real_ids, shape)
+        if self.columns is not None:
+            # "" is never a catalog id: padding gets the missing values.
+            for name, values in self.columns(real_ids).items():
+                features[catalog_input(name)] = tf.reshape(values, shape)
         return features
+
+    @property
+    def column_dtypes(self) -> dict[str, Any]:
+        """The catalog-column outputs and their dtypes (float32 numeric, string categorical); empty without columns."""
+        if self.columns is None:
+            return {}
+        return {**{catalog_input(n): tf.float32 for n in self.columns.numeric},
+                **{catalog_input(n): tf.string for n in self.columns.categorical}}
 
     def _items(self, rows: Any, mask: Any, product_id: Any, title: Any) -> dict[str, Any]:
         """Flat per-item vectors: catalog rows gathered, other products encoded, padding zeros."""

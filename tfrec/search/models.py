@@ -26,14 +26,22 @@ def catalog_features(cfg: Config, catalog: Optional[Catalog]) -> Optional[Catalo
     if not columns.numeric_columns and not columns.categorical_columns:
         return None
     if catalog is None:
-        raise ValueError("data.catalog.numeric_columns / categorical_columns are set (%s): the product tower needs the catalog "
-                         "to look them up" % ", ".join([*columns.numeric_columns, *columns.categorical_columns]))
+        raise ValueError("data.catalog.numeric_columns / categorical_columns are set (%s): the product tower and the ranker "
+                         "need the catalog to look them up" % ", ".join([*columns.numeric_columns, *columns.categorical_columns]))
     return CatalogFeatureLookup(
         catalog.ids,
         numeric={name: catalog.numeric[name] for name in columns.numeric_columns},
         categorical={name: catalog.categorical[name] for name in columns.categorical_columns},
         name="catalog_features",
     )
+
+
+def catalog_columns(cfg: Config) -> Optional[dict[str, list[str]]]:
+    """The catalog columns the models fuse, as metrics.json records them ({"numeric": [...], "categorical": [...]}); None: none set."""
+    columns = cfg.data.catalog
+    if not columns.numeric_columns and not columns.categorical_columns:
+        return None
+    return {"numeric": list(columns.numeric_columns), "categorical": list(columns.categorical_columns)}
 
 
 def retrieval_model(cfg: Config, vocabulary: Sequence[str], catalog: Optional[Catalog] = None) -> Any:
@@ -59,9 +67,15 @@ def retrieval_model(cfg: Config, vocabulary: Sequence[str], catalog: Optional[Ca
     )
 
 
-def ranker_head(cfg: Config, vocabulary: Optional[Sequence[str]]) -> Any:
-    """The feature ranker of ``cfg`` (ranking section); ``vocabulary`` None: no product-id feature."""
+def ranker_head(cfg: Config, vocabulary: Optional[Sequence[str]], catalog: Optional[Catalog] = None) -> Any:
+    """The feature ranker of ``cfg`` (ranking section); ``vocabulary`` None: no product-id feature.
+
+    ``catalog`` (the run's catalog, sliced as trained) is needed when ``data.catalog`` names numeric or
+    categorical columns: the head fuses them per item, standardized / embedded with this catalog's
+    statistics and vocabularies (its inputs come from ``RankerFeatures`` given :func:`catalog_features`).
+    """
     rc = cfg.ranking
+    columns = catalog_features(cfg, catalog)
     return RankerHead(
         product_vocabulary=vocabulary,
         id_dropout=rc.id_dropout,
@@ -69,5 +83,6 @@ def ranker_head(cfg: Config, vocabulary: Optional[Sequence[str]]) -> Any:
         interaction_dim=rc.interaction_dim,
         cross_layers=rc.cross_layers,
         dropout=rc.dropout,
+        catalog_columns=columns.fusion_arguments() if columns is not None else None,
         seed=cfg.run.seed,
     )

@@ -10,6 +10,7 @@ from tfrec import compat
 from tfrec.evaluation.search import SearchEvalSet
 from tfrec.ranking.model import LEXICAL_FEATURES
 from tfrec.search.features import RankerFeatures
+from tfrec.text.fusion import CatalogFeatureLookup
 
 tf = compat.tensorflow()
 
@@ -85,12 +86,14 @@ def head_inputs(
     catalog_ids: np.ndarray,
     titles: np.ndarray,
     pair_features: Any,
+    catalog_columns: Optional[CatalogFeatureLookup] = None,
 ) -> dict[str, np.ndarray]:
     """The RankerHead inputs of some lists (padding positions get zeros and empty ids), by :class:`RankerFeatures`.
 
     ``pair_features`` is a (traced) ``LexicalScorer.pair_features``; keep one per scorer so it traces once.
+    ``catalog_columns`` (``search.models.catalog_features``) adds the products' catalog columns.
     """
-    features = RankerFeatures(pair_features, catalog_dense, catalog_zero)
+    features = RankerFeatures(pair_features, catalog_dense, catalog_zero, catalog_columns=catalog_columns)
     return list_features(features, lists, queries, query_dense, query_zero, catalog_ids, titles)
 
 
@@ -121,7 +124,10 @@ def list_features(
     dims = {"query_vector": (query_dense.shape[1],), "query_zero": (query_zero.shape[1],), "lexical": (width, len(LEXICAL_FEATURES)),
             **{name: (width, dim) for name, dim in features.item_dims.items()}}
     out: dict[str, np.ndarray] = {name: np.zeros((n, *shape), np.float32) for name, shape in dims.items()}
-    out["product_id"] = np.empty((n, width), object)
+    columns = features.column_dtypes
+    out.update({name: np.zeros((n, width), np.float32) for name, dtype in columns.items() if dtype == tf.float32})
+    strings = ["product_id", *(name for name, dtype in columns.items() if dtype == tf.string)]
+    out.update({name: np.empty((n, width), object) for name in strings})
     step = max(1, pairs_per_pass // max(width, 1))
     for start in range(0, n, step):
         part = slice(start, start + step)
@@ -133,5 +139,6 @@ def list_features(
                         "product_id": catalog_ids[safe], "title": titles[safe], "product_row": rows.astype(np.int32), "mask": mask})
         for name, values in computed.items():
             out[name][part] = values.numpy()
-    out["product_id"] = np.char.decode(out["product_id"].astype(bytes), "utf-8") if n else np.zeros((0, width), str)
+    for name in strings:
+        out[name] = np.char.decode(out[name].astype(bytes), "utf-8") if n else np.zeros((0, width), str)
     return out

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 from tfrec import compat
 from tfrec.config.schema import Config
+from tfrec.data.tables import Catalog
 from tfrec.ranking.losses import ranking_loss
 from tfrec.ranking.metrics import ranking_metrics
 from tfrec.search.models import ranker_head
@@ -32,17 +33,19 @@ def train_ranker_head(
     loss: str,
     learning_rate: float,
     epochs: int,
+    catalog: Optional[Catalog] = None,
 ) -> tuple[Any, TrainResult]:
     """A ranker head of ``cfg`` (``vocabulary`` None: no id feature) trained on ``lists`` for ``epochs`` with ``loss``.
 
-    ``inputs`` are the lists' head inputs (``search.ranker_data.head_inputs``); the lexical
+    ``inputs`` are the lists' head inputs (``search.ranker_data.head_inputs``, with the catalog
+    columns when ``data.catalog`` names any: then ``catalog`` is the run's catalog); the lexical
     normalization adapts to the real (unpadded) items. With 0 epochs the head is built untrained.
     """
     rc = cfg.ranking
     tf.keras.utils.set_random_seed(cfg.run.seed)
 
     def build() -> Any:
-        head = ranker_head(cfg, vocabulary)
+        head = ranker_head(cfg, vocabulary, catalog)
         head.adapt_lexical(inputs["lexical"][lists.mask])
         head.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=ranking_loss(loss), metrics=ranking_metrics((5, 10)))
         head({k: v[:1] for k, v in inputs.items()})  # built even when it trains 0 epochs (smoke runs): it is saved and exported

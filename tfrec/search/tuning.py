@@ -56,10 +56,12 @@ from tfrec.data.tables import Catalog, Judgments, SearchData
 from tfrec.evaluation import search as ev
 from tfrec.lexical import LexicalIndex, LexicalScorer
 from tfrec.search.hybrid import CatalogScorer, HybridWeights
+from tfrec.search.models import catalog_features
 from tfrec.search.ranker_data import CandidateLists, candidate_lists, head_inputs, judged_lists, training_lists
 from tfrec.search.ranker_training import train_ranker_head
 from tfrec.search.stages.queries import rank_candidates, split_queries
 from tfrec.training.trainer import Trainer
+from tfrec.text.fusion import CatalogFeatureLookup
 from tfrec.training.tuning import check_space, run_tuning
 
 tf = compat.tensorflow()
@@ -228,18 +230,20 @@ class RankerTrialObjective:
             cache.update(zip(missing.tolist(), rows))
         return np.stack([cache[q] for q in queries.tolist()])
 
-    def _inputs(self, lists: CandidateLists, queries: np.ndarray, max_terms: int) -> dict:
+    def _inputs(self, lists: CandidateLists, queries: np.ndarray, max_terms: int, columns: Optional[CatalogFeatureLookup]) -> dict:
         q_zero = self._vectors(queries)
         catalog = self._catalog_zero
         _, pair_features = self._lexical_for(max_terms)
-        return head_inputs(lists, queries, q_zero, q_zero, catalog, catalog, self.ids, self.titles, pair_features)
+        return head_inputs(lists, queries, q_zero, q_zero, catalog, catalog, self.ids, self.titles, pair_features,
+                           catalog_columns=columns)
 
     def lists_for(self, cfg: Config) -> RankerLists:
         """The lists and head inputs of a config's list setup (cached: trials usually share one)."""
         rc, top_k, max_terms = cfg.ranking, min(cfg.retrieval.top_k, len(self.titles)), cfg.retrieval.query_max_terms
         lexical_weight = cfg.retrieval.lexical_weight if cfg.retrieval.lexical_weight is not None else DEFAULT_LEXICAL_WEIGHT
         key = (cfg.run.seed, rc.holdout_fraction, rc.list_size, rc.negatives, rc.product_id, top_k, lexical_weight,
-               cfg.evaluation.positive_relevance, max_terms)
+               cfg.evaluation.positive_relevance, max_terms, tuple(cfg.data.catalog.numeric_columns),
+               tuple(cfg.data.catalog.categorical_columns))
         if key in self._setups:
             self._setups.move_to_end(key)
             return self._setups[key]
@@ -257,15 +261,16 @@ class RankerTrialObjective:
         candidates = self._top(h_queries, lexical_weight, top_k, max_terms)
         # Products of the other fit queries (the towers' share in tfrec train), never the ranker's own.
         vocabulary = sorted(set(self.ids[np.unique(self.fit.products[~in_ranker])])) if rc.product_id else None
+        columns = catalog_features(cfg, self.catalog)
         setup = RankerLists(
             fit_lists=fit_lists,
-            fit_inputs=self._inputs(fit_lists, r_queries, max_terms),
+            fit_inputs=self._inputs(fit_lists, r_queries, max_terms, columns),
             vocabulary=vocabulary,
             holdout=holdout_es,
             judged=judged,
-            judged_inputs=self._inputs(judged, h_queries, max_terms),
+            judged_inputs=self._inputs(judged, h_queries, max_terms, columns),
             candidates=candidates,
-            candidate_inputs=self._inputs(candidate_lists(candidates), h_queries, max_terms),
+            candidate_inputs=self._inputs(candidate_lists(candidates), h_queries, max_terms, columns),
         )
         if self.progress:
             log.info("trial lists: %d training lists (width %d), %d holdout queries, top %d candidates"
@@ -283,7 +288,8 @@ class RankerTrialObjective:
         # A bare trainer: a trial is cheap to rerun, so no checkpoints, TensorBoard or progress bar.
         trainer = Trainer(seed=cfg.run.seed, progress=False)
         head, _ = train_ranker_head(cfg, trainer, setup.fit_inputs, setup.fit_lists, setup.vocabulary, loss=rc.loss,
-                                    learning_rate=rc.learning_rate, epochs=rc.epochs if epochs is None else epochs)
+                                    learning_rate=rc.learning_rate, epochs=rc.epochs if epochs is None else epochs,
+                                    catalog=self.catalog)
         return head
 
     def score(self, head: Any, setup: RankerLists) -> dict[str, float]:

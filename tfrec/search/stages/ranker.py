@@ -18,6 +18,7 @@ from tfrec import compat
 from tfrec.data.tables import Judgments
 from tfrec.evaluation import search as ev
 from tfrec.search.hybrid import CatalogScorer, HybridWeights
+from tfrec.search.models import catalog_columns, catalog_features
 from tfrec.search.ranker_data import CandidateLists, candidate_lists, head_inputs, judged_lists, training_lists
 from tfrec.search.ranker_training import final_train_metrics, train_ranker_head
 from tfrec.search.stages.baselines import ZeroShot
@@ -66,10 +67,11 @@ def ranker_lists(ctx: SearchContext, lexical: Lexical, scorer: CatalogScorer, we
     """Retrieve the ranker's training lists and build the head inputs of them and of valid's lists."""
     cfg = ctx.cfg
     top_k = cfg.retrieval.top_k
+    columns = catalog_features(cfg, ctx.data.catalog)
 
     def inputs(lists: CandidateLists, es: ev.SearchEvalSet, q_dense: np.ndarray, q_zero: np.ndarray) -> dict:
         return head_inputs(lists, np.asarray(es.queries).astype(str), q_dense, q_zero, dense.catalog, zero.catalog,
-                           ctx.ids, ctx.titles, lexical.pair_features)
+                           ctx.ids, ctx.titles, lexical.pair_features, catalog_columns=columns)
 
     candidates = scorer.top_k(dense.ranker, zero.ranker, queries.ranker.queries, weights, top_k)[0]
     train = training_lists(queries.ranker, candidates, list_size=cfg.ranking.list_size, negatives=cfg.ranking.negatives, seed=cfg.run.seed)
@@ -152,14 +154,15 @@ def _train_head(ctx: SearchContext, inputs: dict, lists: CandidateLists, retriev
     start = time.perf_counter()
     # Several small heads: no progress bar, one log line each.
     head, result = train_ranker_head(cfg, ctx.trainer("ranker-%s" % loss, progress=False), inputs, lists, vocabulary,
-                                     loss=loss, learning_rate=ctx.scaled(rc.learning_rate), epochs=rc.epochs)
+                                     loss=loss, learning_rate=ctx.scaled(rc.learning_rate), epochs=rc.epochs,
+                                     catalog=ctx.data.catalog)
     seconds = time.perf_counter() - start
     head.save_weights(str(ctx.run.ranker_weights))
     ctx.drop_checkpoints("ranker-%s" % loss)
     ctx.run.ranker_vocabulary.write_text("\n".join(vocabulary or []) + "\n", encoding="utf-8")
     final = final_train_metrics(result)
     log.info("ranker: %d lists, loss %s, train %s" % (len(lists.rows), loss, final))
-    return head, {
+    info = {
         "lists": int(len(lists.rows)),
         "list_width": int(lists.rows.shape[1]),
         "loss": loss,
@@ -168,3 +171,7 @@ def _train_head(ctx: SearchContext, inputs: dict, lists: CandidateLists, retriev
         "final_train_metrics": final,
         "id_vocabulary": len(vocabulary or []),
     }
+    columns = catalog_columns(cfg)
+    if columns is not None:  # only then: metrics.json of runs without columns keeps its keys
+        info["catalog_columns"] = columns
+    return head, info

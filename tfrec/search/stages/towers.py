@@ -18,7 +18,7 @@ from tfrec.evaluation import search as ev
 from tfrec.retrieval.train import (
     add_mined_negatives, encode_catalog, encode_queries, mine_negatives, model_top_rows, train_retrieval, training_pairs,
 )
-from tfrec.search.models import build_retrieval, retrieval_model
+from tfrec.search.models import build_retrieval, catalog_columns, retrieval_model
 from tfrec.search.stages.context import SearchContext
 from tfrec.search.stages.continual import Previous
 from tfrec.search.stages.lexical import Lexical
@@ -91,6 +91,9 @@ def train_towers(ctx: SearchContext, lexical: Lexical, judgments: Judgments, hol
     ctx.drop_checkpoints("retrieval")
     ctx.run.retrieval_vocabulary.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
     info["id_vocabulary"] = len(vocabulary)
+    columns = catalog_columns(cfg)
+    if columns is not None:  # only then: metrics.json of runs without columns keeps its keys
+        info["catalog_columns"] = columns
     if continual is not None:
         info["warm_start"] = continual
     return Towers(model, info)
