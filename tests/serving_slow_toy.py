@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 
 from tfrec import compat
-from tfrec.serving.savedmodel import predict_log, save_versioned
+from tfrec.serving.publish import save_versioned
+from tfrec.serving.savedmodel import predict_log
 
 tf = compat.tensorflow()
 
