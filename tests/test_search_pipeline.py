@@ -115,7 +115,7 @@ def test_evaluate_rewrites_the_same_report(run_dir, in_repo, capsys):
     (run_dir / "report.html").unlink()
     assert main(["evaluate", "--run", str(run_dir)]) == 0
     out = capsys.readouterr()
-    assert "tfrec search" in out.out and "report: %s" % (run_dir / "report.html") in out.err
+    assert "tfrec search" in out.out and "report: %s" % (run_dir / "report.html") in out.out
     assert (run_dir / "report.html").read_bytes() == before
 
 

@@ -17,7 +17,7 @@ def test_search_run_with_model_mined_negatives(in_repo, homedepot_slice, tmp_pat
     out, err = capsys.readouterr()
     assert code == 0, err[-2000:]
     run = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
-    assert "epoch 2: negatives mined by the current towers" in out
+    assert "epoch 2: negatives mined by the current towers" in err  # progress: the log, on stderr
     retrieval = json.loads((run / "metrics.json").read_text())["training"]["retrieval"]
     assert retrieval["hard_negatives"] == "model" and len(retrieval["loss_per_epoch"]) == 2
     assert not (run / "checkpoints" / "retrieval").exists()  # removed with the mined pairs once the weights are saved
