@@ -10,11 +10,8 @@ report is rendered from those files afterwards (:func:`tfrec.reports.evaluation.
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tfrec.config.loader import LoadedConfig
 from tfrec.data.tables import RecommendationData
@@ -25,29 +22,15 @@ from tfrec.recommend.stages.item_text import item_text_vectors
 from tfrec.recommend.stages.similar_items import similar_items
 from tfrec.recommend.stages.training import refit_on_all, select_epochs
 from tfrec.runs import RunFolder
+from tfrec.training.progress import StageTimer
 from tfrec.training.strategy import make_strategy
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StageTimer:
-    """Seconds per named stage, in the order they ran (metrics.json's ``seconds``)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a block and log how long it took."""
-        started = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - started, 1)
-        log.info("%s: %.1f s", name, self.seconds[name])
-
-
 def train_recommendation(loaded: LoadedConfig, data: RecommendationData, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate a sequential recommendation config in ``run_dir``; returns the metrics written to metrics.json."""
-    config, folder, timer = loaded.config, RunFolder(run_dir), StageTimer()
+    config, folder, timer = loaded.config, RunFolder(run_dir), StageTimer(log)
     strategy = make_strategy(config.train.distribute)
     with timer.stage("text vectors"):
         text_vectors = item_text_vectors(config, data.catalog)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Mapping, Optional, TextIO
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Optional, TextIO
 
 from tfrec import compat
 from tfrec.log import progress_bars
@@ -114,3 +116,22 @@ class Summaries:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+@dataclass
+class StageTimer:
+    """Seconds per named stage of a job, in the order they ran (metrics.json's timings), logged to the job's logger."""
+
+    log: logging.Logger
+    announce: bool = False  # also log "<stage> ..." when a stage starts
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a block and log how long it took."""
+        if self.announce:
+            self.log.info("%s ...", name)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+        self.log.info("%s: %.1f s", name, self.seconds[name])

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -15,26 +13,11 @@ from tfrec.config.loader import LoadedConfig
 from tfrec.config.schema import Config
 from tfrec.data.tables import SearchData
 from tfrec.runs import RunFolder
+from tfrec.training.progress import StageTimer
 from tfrec.training.strategy import describe, make_strategy, scaled_learning_rate
 from tfrec.training.trainer import Trainer, run_trainer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Timer:
-    """Seconds per named stage, in order."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a block; announce it."""
-        log.info(name + " ...")
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 1)
-        log.info("%s: %.1f s" % (name, self.seconds[name]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +29,7 @@ class SearchContext:
     run: RunFolder
     strategy: Any
     strategy_info: dict
-    timer: Timer
+    timer: StageTimer
     titles: np.ndarray  # [N] str: the catalog's text
     ids: np.ndarray  # [N] str: the catalog's product ids
 
@@ -66,7 +49,7 @@ class SearchContext:
                              "in this release (set it to none)" % cfg.train.distribute.mixed_precision)
         # Before any TensorFlow op: multi-worker and logical-device strategies need a fresh runtime.
         strategy = make_strategy(cfg.train.distribute)
-        return cls(loaded, data, RunFolder(run_dir), strategy, describe(strategy), Timer(),
+        return cls(loaded, data, RunFolder(run_dir), strategy, describe(strategy), StageTimer(log, announce=True),
                    data.catalog.text().astype(str), data.catalog.ids.astype(str))
 
     def trainer(self, name: str, early_stopping: bool = False, progress: Optional[bool] = None) -> Trainer:
