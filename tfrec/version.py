@@ -1,2 +1,2 @@
 """The package version, kept in one place for setup.py and the CLI."""
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0"
