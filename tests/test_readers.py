@@ -74,7 +74,12 @@ def test_lenient_mode_counts_every_drop(tmp_path):
     reasons = {r["reason"]: r["rows"] for r in report.as_dict()["reasons"]}
     assert reasons == {"duplicate product id 'A1' (first on line 2)": 1, "expected non-empty text in title": 1,
                        "expected 2 fields (product_id,title)": 1}
-    assert all(line.startswith("dropped 1 row(s) from") for line in report.lines())
+    table = report.lines()  # a header and one aligned row per file and reason
+    assert table[0].split() == ["file", "field", "rows", "reason", "first", "at"]
+    rows = {line.split()[1]: line for line in table[1:]}
+    assert len(table) == 4 and all(line.startswith("products.csv ") for line in table[1:])
+    assert rows["product_id"].split()[2] == "1" and rows["product_id"].endswith("(first on line 2)  line 3")
+    assert rows["title"].endswith("line 4") and rows["-"].endswith("line 6")
 
 
 @pytest.mark.parametrize(

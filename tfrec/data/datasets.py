@@ -1,20 +1,27 @@
-"""Adapters for the built-in datasets and the generic CSV formats, behind one ``load_data``.
+"""Adapters for the built-in datasets and the generic own-data formats, behind one ``load_data``.
 
-- ``homedepot`` and ``search-csv``: a catalog CSV plus train/valid judgment CSVs.
+- ``homedepot`` and ``search-csv``: a catalog plus train/valid judgments.
 - ``amazon-scientific``: the UniSRec preprocessing (leave-one-out history -> next item files).
 - ``movielens-100k``: GroupLens ``u.item`` / ``u.data``, split leave-one-out per user by time.
-- ``interactions-csv``: a catalog CSV plus one interaction log, split like MovieLens.
+- ``interactions-csv``: a catalog plus one interaction log, split like MovieLens.
+
+The catalog, judgments and interaction files are CSV, or Parquet when their name ends in
+``.parquet``; pandas DataFrames may replace them (:mod:`tfrec.data.frames`).
 """
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from tfrec.config.loader import LoadedConfig
 from tfrec.data.errors import DataError, DropReport, RowChecker
-from tfrec.data.readers import decode_text, leave_one_out, read_catalog, read_interactions, read_judgments
+from tfrec.data.preflight import preflight
+from tfrec.data.frames import CATALOG, FRAME_NAMES, INTERACTIONS, TRAIN, VALID, check_frames
+from tfrec.data.readers import leave_one_out, read_catalog, read_interactions, read_judgments
+from tfrec.data.sources import decode_text
 from tfrec.data.tables import Catalog, Interactions, RecommendationData, SearchData, Sequences
 
 Dataset = Union[SearchData, RecommendationData]
@@ -47,51 +54,50 @@ def required_files(loaded: LoadedConfig) -> dict[str, Path]:
     return {"data.dir": folder / name for name in fixed.values()}
 
 
-def check_files(loaded: LoadedConfig) -> None:
-    """Raise a ConfigError naming the key and config file when a needed data file is missing."""
+def check_files(loaded: LoadedConfig, given: Collection[str] = ()) -> None:
+    """Raise a ConfigError naming the key and config file when a needed data file (not ``given`` as a DataFrame) is missing."""
     for key, path in required_files(loaded).items():
-        if not path.is_file():
+        if key not in given and not path.is_file():
             raise loaded.error(key, "data file %s not found" % path)
 
 
-def load_data(loaded: LoadedConfig) -> Dataset:
-    """Read, validate and return the dataset a config names; checks config values against it."""
-    check_files(loaded)
+def load_data(loaded: LoadedConfig, frames: Optional[Mapping[str, Any]] = None) -> Dataset:
+    """Read, validate and return the dataset a config names; checks config values against it.
+
+    ``frames`` maps config keys (``data.catalog.path``, ...) to pandas DataFrames read in place of
+    the files they name (:func:`tfrec.data.frames.data_frames` builds it).
+    """
+    frames = dict(frames or {})
+    check_frames(loaded, frames)
+    check_files(loaded, given=frames)
     data = loaded.config.data
     folder = Path(data.dir or ".")
     checker = RowChecker(strict=data.strict)
     if data.dataset in ("homedepot", "search-csv"):
-        result: Dataset = _load_search_csv(loaded, folder, checker)
+        result: Dataset = _load_search_csv(loaded, folder, checker, frames)
     elif data.dataset == "amazon-scientific":
         result = load_amazon_scientific(folder, checker)
     elif data.dataset == "movielens-100k":
         result = load_movielens_100k(folder, checker)
     else:
-        catalog = read_catalog(data.catalog, folder, checker)
-        result = _recommendation_from_log(read_interactions(data.interactions, folder, catalog, checker), catalog, checker, data.dataset)
+        catalog = read_catalog(data.catalog, folder, checker, frames.get(CATALOG))
+        log = read_interactions(data.interactions, folder, catalog, checker, frames.get(INTERACTIONS))
+        result = _recommendation_from_log(log, catalog, checker, data.dataset)
     result.name = data.dataset
     check_against_data(loaded, result)
     return result
 
 
 def check_against_data(loaded: LoadedConfig, dataset: Dataset) -> None:
-    """Reject config values that the loaded data makes impossible (e.g. k above the catalog size)."""
-    n_items = len(dataset.catalog)
-    cfg = loaded.config
-    too_big = [k for k in cfg.evaluation.ks if k > n_items]
-    if too_big:
-        raise loaded.error("evaluation.ks", "k=%d is larger than the catalog (%d items in %s)" % (max(too_big), n_items, dataset.catalog.source))
-    if cfg.retrieval.top_k > n_items:
-        raise loaded.error("retrieval.top_k", "%d is larger than the catalog (%d items)" % (cfg.retrieval.top_k, n_items))
-    if isinstance(dataset, SearchData) and len(dataset.train) == 0:
-        raise loaded.error("data.judgments.train", "no judgments left in %s" % dataset.train.source)
+    """Reject config values that the loaded data makes impossible (e.g. k above the catalog size), all at once."""
+    preflight(loaded, dataset)
 
 
-def _load_search_csv(loaded: LoadedConfig, folder: Path, checker: RowChecker) -> SearchData:
+def _load_search_csv(loaded: LoadedConfig, folder: Path, checker: RowChecker, frames: Mapping[str, Any]) -> SearchData:
     data = loaded.config.data
-    catalog = read_catalog(data.catalog, folder, checker)
-    train = read_judgments(data.judgments, folder / data.judgments.train, catalog, checker)
-    valid = read_judgments(data.judgments, folder / data.judgments.valid, catalog, checker)
+    catalog = read_catalog(data.catalog, folder, checker, frames.get(CATALOG))
+    train = read_judgments(data.judgments, frames.get(TRAIN, folder / data.judgments.train), catalog, checker, name=FRAME_NAMES[TRAIN])
+    valid = read_judgments(data.judgments, frames.get(VALID, folder / data.judgments.valid), catalog, checker, name=FRAME_NAMES[VALID])
     return SearchData(catalog, train, valid, drops=checker.report)
 
 

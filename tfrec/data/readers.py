@@ -1,107 +1,32 @@
-"""Validating readers for user files: catalog, search judgments and interaction logs as CSV.
+"""Validating readers for user data: catalog, search judgments and interaction logs.
 
-Strict mode raises a :class:`DataError` naming file, line and field; lenient mode drops the
-row and counts it in the :class:`DropReport`. Problems with the whole file (not found, wrong
-encoding, broken quoting, missing columns) are always errors.
+Each comes as a CSV file, a Parquet file (``.parquet``) or a pandas DataFrame; all three go
+through the same checks (:mod:`tfrec.data.sources` turns them into the same rows). Strict mode
+raises a :class:`DataError` naming file (or DataFrame), line or row, and field; lenient mode
+drops the row and counts it in the :class:`DropReport`. Problems with the whole file (not
+found, wrong encoding, broken quoting, missing columns) are always errors.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from tfrec.config.schema import CatalogFiles, InteractionFiles, JudgmentFiles
-from tfrec.data.errors import DataError, RowChecker
+from tfrec.data.errors import RowChecker
+from tfrec.data.sources import read_rows
 from tfrec.data.tables import Catalog, Interactions, Judgments, Sequences
 
 
-@dataclass
-class CsvRows:
-    """The rows of a CSV file that have the header's shape, with their line numbers."""
-
-    path: str
-    header: list[str]
-    rows: list[list[str]]
-    lines: list[int]
-
-    def column(self, name: str) -> int:
-        """Position of a column in the header."""
-        return self.header.index(name)
-
-
-def decode_text(path: Path, encoding: str = "utf-8") -> str:
-    """Read a whole text file, turning a decoding failure into an error with its line number."""
-    if not path.is_file():
-        raise DataError(str(path), "file not found")
-    raw = path.read_bytes()
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    try:
-        return raw.decode(codec)
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(
-            str(path),
-            "not valid %s text (byte 0x%02x at offset %d); convert the file or set the encoding in the config"
-            % (encoding, raw[err.start], err.start),
-            line=line,
-        ) from None
-    except LookupError:
-        raise DataError(str(path), "unknown encoding %r" % encoding) from None
-
-
-def read_csv(path: Path, required: list[str], checker: RowChecker, *, encoding: str = "utf-8", delimiter: str = ",") -> CsvRows:
-    """Read a CSV with a header row; rows whose field count differs from the header are rejected."""
-    text = decode_text(path, encoding)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    header: Optional[list[str]] = None
-    try:
-        for row in reader:
-            if not row:
-                continue  # blank line: no data to lose
-            if header is None:
-                header = [h.strip() for h in row]
-                _check_header(str(path), header, required)
-                continue
-            if len(row) != len(header):
-                checker.reject(
-                    DataError(str(path), "expected %d fields (%s), got %d" % (len(header), ",".join(header), len(row)), line=reader.line_num)
-                )
-                continue
-            rows.append(row)
-            lines.append(reader.line_num)
-    except csv.Error as err:
-        raise DataError(str(path), "malformed CSV: %s" % err, line=reader.line_num) from None
-    if header is None:
-        raise DataError(str(path), "empty file: expected a header row with columns %s" % ", ".join(required))
-    return CsvRows(str(path), header, rows, lines)
-
-
-def _check_header(path: str, header: list[str], required: list[str]) -> None:
-    duplicated = sorted({h for h in header if header.count(h) > 1})
-    if duplicated:
-        raise DataError(path, "duplicate column name(s) %s in the header" % ", ".join(duplicated), line=1)
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DataError(
-            path,
-            "missing column(s) %s (the header has: %s)" % (", ".join(repr(c) for c in missing), ", ".join(header)),
-            line=1,
-        )
-
-
-def read_catalog(spec: CatalogFiles, folder: Path, checker: RowChecker) -> Catalog:
-    """Read a product catalog CSV; ids must be unique and every product needs some text."""
-    path = folder / spec.path
+def read_catalog(spec: CatalogFiles, folder: Path, checker: RowChecker, frame: Any = None) -> Catalog:
+    """Read a product catalog (CSV or Parquet file, or ``frame``); ids must be unique and every product needs some text."""
     required = [spec.id_column, *spec.text_columns, *spec.numeric_columns, *spec.categorical_columns]
-    table = read_csv(path, required, checker, encoding=spec.encoding)
+    source = folder / spec.path if frame is None else frame
+    table = read_rows(source, required, checker, encoding=spec.encoding, name="catalog DataFrame")
     id_col = table.column(spec.id_column)
     text_cols = {name: table.column(name) for name in spec.text_columns}
     num_cols = {name: table.column(name) for name in spec.numeric_columns}
@@ -111,21 +36,17 @@ def read_catalog(spec: CatalogFiles, folder: Path, checker: RowChecker) -> Catal
     texts: dict[str, list[str]] = {name: [] for name in text_cols}
     numeric: dict[str, list[float]] = {name: [] for name in num_cols}
     categorical: dict[str, list[str]] = {name: [] for name in cat_cols}
-    seen: dict[str, int] = {}
+    seen: dict[str, Any] = {}
     for row, line in zip(table.rows, table.lines):
         pid = row[id_col].strip()
         if not pid:
-            checker.reject(DataError(table.path, "expected a non-empty product id", line=line, field_name=spec.id_column))
+            checker.reject(table.error("expected a non-empty product id", line, spec.id_column))
             continue
         if pid in seen:
-            checker.reject(
-                DataError(table.path, "duplicate product id %r (first on line %d)" % (pid, seen[pid]), line=line, field_name=spec.id_column)
-            )
+            checker.reject(table.error("duplicate product id %r (first on %s)" % (pid, table.place(seen[pid])), line, spec.id_column))
             continue
         if not any(row[c].strip() for c in text_cols.values()):
-            checker.reject(
-                DataError(table.path, "expected non-empty text in %s" % " or ".join(text_cols), line=line, field_name=spec.text_columns[0])
-            )
+            checker.reject(table.error("expected non-empty text in %s" % " or ".join(text_cols), line, spec.text_columns[0]))
             continue
         parsed = {}
         for name, col in num_cols.items():
@@ -144,9 +65,9 @@ def read_catalog(spec: CatalogFiles, folder: Path, checker: RowChecker) -> Catal
                 categorical[name].append(row[col].strip())
             continue
         bad = next(n for n in num_cols if n not in parsed)
-        checker.reject(DataError(table.path, "expected a number or an empty field, got %r" % row[num_cols[bad]], line=line, field_name=bad))
+        checker.reject(table.error("expected a number or an empty field, got %r" % row[num_cols[bad]], line, bad))
     if not ids:
-        raise DataError(table.path, "no products left to read (every row was empty or rejected)")
+        raise table.error("no products left to read (every row was empty or rejected)")
     return Catalog(
         ids=np.asarray(ids, dtype=object),
         texts={k: np.asarray(v, dtype=object) for k, v in texts.items()},
@@ -168,46 +89,34 @@ def _parse_float(text: str) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def read_judgments(spec: JudgmentFiles, path: Path, catalog: Catalog, checker: RowChecker) -> Judgments:
-    """Read search judgments; labels must lie in [label_min, label_max], products in the catalog."""
-    table = read_csv(path, [spec.query_column, spec.product_column, spec.label_column], checker, encoding=spec.encoding)
+def read_judgments(spec: JudgmentFiles, source: Any, catalog: Catalog, checker: RowChecker, name: str = "judgments DataFrame") -> Judgments:
+    """Read search judgments from a CSV or Parquet path or a DataFrame (called ``name`` in messages).
+
+    Labels must lie in [label_min, label_max], products in the catalog.
+    """
+    table = read_rows(source, [spec.query_column, spec.product_column, spec.label_column], checker, encoding=spec.encoding, name=name)
     q_col, p_col, l_col = (table.column(c) for c in (spec.query_column, spec.product_column, spec.label_column))
     queries: list[str] = []
     products: list[int] = []
     labels: list[float] = []
-    seen: dict[tuple[str, int], int] = {}
+    seen: dict[tuple[str, int], Any] = {}
     for row, line in zip(table.rows, table.lines):
         query = row[q_col].strip()
         if not query:
-            checker.reject(DataError(table.path, "expected a non-empty query", line=line, field_name=spec.query_column))
+            checker.reject(table.error("expected a non-empty query", line, spec.query_column))
             continue
         label = _parse_float(row[l_col])
         if label is None or math.isnan(label) or not spec.label_min <= label <= spec.label_max:
-            checker.reject(
-                DataError(
-                    table.path,
-                    "expected a number in [%g, %g], got %r" % (spec.label_min, spec.label_max, row[l_col]),
-                    line=line,
-                    field_name=spec.label_column,
-                )
-            )
+            checker.reject(table.error("expected a number in [%g, %g], got %r" % (spec.label_min, spec.label_max, row[l_col]), line, spec.label_column))
             continue
         pid = row[p_col].strip()
         index = int(catalog.index_of([pid])[0])
         if index < 0:
-            checker.reject(
-                DataError(table.path, "product id %r is not in the catalog (%s)" % (pid, catalog.source), line=line, field_name=spec.product_column)
-            )
+            checker.reject(table.error("product id %r is not in the catalog (%s)" % (pid, catalog.source), line, spec.product_column))
             continue
         if (query, index) in seen:
-            checker.reject(
-                DataError(
-                    table.path,
-                    "duplicate judgment of product %r for query %r (first on line %d)" % (pid, query, seen[(query, index)]),
-                    line=line,
-                    field_name=spec.product_column,
-                )
-            )
+            checker.reject(table.error("duplicate judgment of product %r for query %r (first on %s)"
+                                       % (pid, query, table.place(seen[(query, index)])), line, spec.product_column))
             continue
         seen[(query, index)] = line
         queries.append(query)
@@ -234,11 +143,11 @@ def _parse_timestamp(text: str) -> Optional[int]:
         return None
 
 
-def read_interactions(spec: InteractionFiles, folder: Path, catalog: Catalog, checker: RowChecker) -> Interactions:
-    """Read an interaction log CSV; items must be in the catalog, timestamps integers or ISO dates."""
-    path = folder / spec.path
+def read_interactions(spec: InteractionFiles, folder: Path, catalog: Catalog, checker: RowChecker, frame: Any = None) -> Interactions:
+    """Read an interaction log (CSV or Parquet file, or ``frame``); items must be in the catalog, timestamps integers or ISO dates."""
     required = [spec.user_column, spec.item_column, spec.timestamp_column] + ([spec.rating_column] if spec.rating_column else [])
-    table = read_csv(path, required, checker, encoding=spec.encoding)
+    source = folder / spec.path if frame is None else frame
+    table = read_rows(source, required, checker, encoding=spec.encoding, name="interactions DataFrame")
     u_col, i_col, t_col = (table.column(c) for c in (spec.user_column, spec.item_column, spec.timestamp_column))
     r_col = table.column(spec.rating_column) if spec.rating_column else None
     users: list[str] = []
@@ -248,24 +157,20 @@ def read_interactions(spec: InteractionFiles, folder: Path, catalog: Catalog, ch
     for row, line in zip(table.rows, table.lines):
         user = row[u_col].strip()
         if not user:
-            checker.reject(DataError(table.path, "expected a non-empty user id", line=line, field_name=spec.user_column))
+            checker.reject(table.error("expected a non-empty user id", line, spec.user_column))
             continue
         item = int(catalog.index_of([row[i_col].strip()])[0])
         if item < 0:
-            checker.reject(
-                DataError(table.path, "item id %r is not in the catalog (%s)" % (row[i_col].strip(), catalog.source), line=line, field_name=spec.item_column)
-            )
+            checker.reject(table.error("item id %r is not in the catalog (%s)" % (row[i_col].strip(), catalog.source), line, spec.item_column))
             continue
         stamp = _parse_timestamp(row[t_col])
         if stamp is None:
-            checker.reject(
-                DataError(table.path, "expected an integer timestamp or an ISO 8601 date, got %r" % row[t_col], line=line, field_name=spec.timestamp_column)
-            )
+            checker.reject(table.error("expected an integer timestamp or an ISO 8601 date, got %r" % row[t_col], line, spec.timestamp_column))
             continue
         if r_col is not None:
             rating = _parse_float(row[r_col])
             if rating is None or math.isnan(rating):
-                checker.reject(DataError(table.path, "expected a number, got %r" % row[r_col], line=line, field_name=spec.rating_column))
+                checker.reject(table.error("expected a number, got %r" % row[r_col], line, spec.rating_column))
                 continue
             ratings.append(rating)
         users.append(user)

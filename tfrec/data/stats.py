@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from tfrec.config.schema import Config
+from tfrec.data.errors import format_drops
 from tfrec.data.pipelines import build_ranking_lists
 from tfrec.data.tables import Catalog, Judgments, RecommendationData, SearchData, Sequences
 
@@ -128,7 +129,11 @@ def format_stats(stats: dict[str, Any], indent: int = 0) -> list[str]:
     lines = []
     pad = "  " * indent
     for key, value in stats.items():
-        if isinstance(value, dict) and not set(value) <= {"mean", "median", "max"}:
+        if key == "dropped_rows" and isinstance(value, dict) and "reasons" in value:
+            # A table by file and reason, not the statistics file's nested lists.
+            lines.append("%s%s: %s" % (pad, key, value["total"] or "none"))
+            lines.extend("%s  %s" % (pad, line) for line in format_drops(value))
+        elif isinstance(value, dict) and not set(value) <= {"mean", "median", "max"}:
             lines.append("%s%s:" % (pad, key))
             lines.extend(format_stats(value, indent + 1))
         elif isinstance(value, dict):
