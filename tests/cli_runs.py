@@ -35,7 +35,7 @@ def train_run(output_dir: Path, config: str, settings: Sequence[str], run_prefix
 
 
 def export_run(run_dir: Path, export_dir: Path) -> Path:
-    """`tfrec export --run RUN --export-dir DIR`; returns DIR."""
+    """`tfrec export RUN --export-dir DIR`; returns DIR."""
     with in_repository_root():
-        assert main(["export", "--run", str(run_dir), "--export-dir", str(export_dir)]) == 0
+        assert main(["export", str(run_dir), "--export-dir", str(export_dir)]) == 0
     return export_dir

@@ -1,9 +1,12 @@
-"""The tfrec command line: help, the run_dir contract, one-line errors, --debug tracebacks."""
+"""The tfrec command line: help, the run_dir contract, one-line errors, --debug tracebacks, run arguments, result tables."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from tfrec.cli.main import build_parser, main
 from tfrec.config import load_config
 
-SUBCOMMANDS = ["train", "evaluate", "export", "tune", "serve", "bench", "data"]
+SUBCOMMANDS = ["train", "evaluate", "export", "tune", "serve", "bench", "data", "init"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -46,6 +49,120 @@ def test_each_subcommand_has_help(capsys, argv):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "usage: tfrec " + " ".join(argv) in out and "--debug" in out
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
+    """Commands without a description and arguments without help, walking every subparser."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description or not helps.get(name):
+                    missing.append("command %s" % " ".join((*path, name)))
+                missing += _undocumented(sub, (*path, name))
+        elif not action.help:  # argparse.SUPPRESS (a hidden alias) is help set on purpose
+            missing.append("%s %s" % (" ".join(path), "/".join(action.option_strings) or action.dest))
+    return missing
+
+
+def test_every_command_and_argument_has_help():
+    """Every command (and `tfrec data`'s own) has a description and every argument a help text."""
+    assert _undocumented(build_parser(), ("tfrec",)) == []
+
+
+def test_run_arguments_are_positional_everywhere_and_run_is_still_accepted(capsys, tmp_path, monkeypatch):
+    """evaluate and export take RUN like compare takes RUN_A RUN_B; --run RUN still means the same."""
+    from tfrec.cli.main import _run_argument
+
+    parser = build_parser()
+    for command in ("evaluate", "export"):
+        assert _run_argument(parser.parse_args([command, "runs/a"])) == "runs/a"
+        assert _run_argument(parser.parse_args([command, "--run", "runs/a"])) == "runs/a"
+        assert _run_argument(parser.parse_args([command, "runs/a", "--run", "runs/a"])) == "runs/a"
+    assert parser.parse_args(["compare", "runs/a", "runs/b"]).runs == ["runs/a", "runs/b"]
+    assert main(["evaluate", "runs/a", "--run", "runs/b"]) == 2
+    assert "two runs given" in capsys.readouterr().err
+    # A path that is not there says so, whichever spelling named it.
+    missing = str(tmp_path / "no-such-run")
+    for argv in (["export", missing], ["export", "--run", missing], ["evaluate", missing], ["compare", missing, missing]):
+        assert main(argv) == 1
+        assert "run %s does not exist" % missing in capsys.readouterr().err
+
+
+def _fake_run(folder: Path, status: str, mtime: float) -> Path:
+    """A run folder with a config.yaml and a run.json saying ``status`` (nothing to export)."""
+    from tfrec.runs import RunFolder, write_json
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("run:\n  name: x\n")
+    record = {"kind": "search", "status": status, "tfrec_version": "0", "config_hash": "0", "started": "2025-01-01T00:00:00Z",
+              "error": "ValueError: boom" if status == "failed" else None}
+    write_json(RunFolder(folder).record_file, record)
+    for path in folder.iterdir():
+        os.utime(path, (mtime, mtime))
+    return folder
+
+
+def test_without_run_the_newest_finished_run_is_used_and_named(capsys, tmp_path, monkeypatch):
+    """`tfrec export` / `evaluate` without RUN take the newest finished run under ./runs, say which, pass over failed ones."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["export"]) == 2
+    assert "no RUN given and no finished run under ./runs" in capsys.readouterr().err
+    now = time.time()
+    _fake_run(tmp_path / "runs" / "old", "finished", now - 300)
+    _fake_run(tmp_path / "runs" / "broken", "failed", now - 60)
+    assert main(["export"]) == 2  # the picked run has no search_config.json: nothing to export
+    err = capsys.readouterr().err
+    assert "no RUN given: using runs/old, the newest finished run under ./runs" in err
+    assert "runs/broken (failed)" in err and "holds no exportable model" in err
+    assert main(["evaluate"]) == 2  # picked, then found without metrics.json
+    assert "using runs/old" in capsys.readouterr().err
+    # --check without RUN checks the existing export only: it never picks a run.
+    assert main(["export", "--check", "--export-dir", str(tmp_path / "nothing")]) != 0
+    assert "using runs/old" not in capsys.readouterr().err
+
+
+def test_export_model_version_and_its_deprecated_spelling(capsys, tmp_path):
+    """export's version flag is --model-version; --version still works there with a note, tfrec --version is tfrec's."""
+    parser = build_parser()
+    assert parser.parse_args(["export", "r", "--model-version", "7"]).model_version == 7
+    run = _fake_run(tmp_path / "run", "finished", time.time())
+    assert main(["export", str(run), "--version", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "`tfrec export --version N` is deprecated: use --model-version N" in err
+    assert main(["export", str(run), "--version", "3", "--model-version", "4"]) == 2
+    assert "disagree" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("tfrec ")
+
+
+def test_results_print_as_tables_with_headers():
+    """Search and recommendation results print as aligned columns under a header row."""
+    from tfrec.cli.tables import format_table, hits_table
+    from tfrec.serving.service import Hit
+
+    hits = [Hit(1, "100001", "Cordless Drill 18V", 1.25, 0.5), Hit(12, "7", "t" * 100, -0.031, 0.4)]
+    lines = hits_table(hits, header="query: drill").splitlines()
+    assert lines[0] == "query: drill"
+    assert lines[1].split() == ["rank", "score", "product", "id", "title"]
+    assert lines[2].split()[:3] == ["1", "1.2500", "100001"] and lines[3].split()[:3] == ["12", "-0.0310", "7"]
+    assert lines[3].endswith("t" * 77 + "...")
+    starts = {line.index(value) + len(value) for line, value in zip(lines[1:], ("score", "1.2500", "-0.0310"))}
+    assert len(starts) == 1  # the score column is right-aligned under its header
+    assert lines[1].index("title") == lines[2].index("Cordless")
+    assert "item id" in hits_table(hits, id_label="item id") and hits_table([], "q") == "q\n  (no results)"
+    assert format_table(("a", "bb"), [(1, 2), (333, 4)], numeric=(True, True)).splitlines() == ["    a  bb", "    1   2", "  333   4"]
+
+
+def test_the_dev_server_shows_its_ports(tmp_path):
+    """`tfrec.serve()`'s object says where it serves: repr and attributes, before and without starting it."""
+    from tfrec.serving.server import DevServer
+
+    server = DevServer(tmp_path, grpc_port=8600, rest_port=None)
+    assert (server.grpc_port, server.rest_port, server.host, server.export_dir) == (8600, None, "127.0.0.1", tmp_path)
+    assert repr(server) == "DevServer(export_dir=%r, host='127.0.0.1', grpc_port=8600, rest_port=None, not started)" % str(tmp_path)
 
 
 def test_train_prints_run_dir_last_and_saves_config(capsys, in_repo, homedepot_slice, tmp_path):
@@ -108,15 +225,43 @@ def test_evaluate_shows_the_saved_evaluation_and_incomplete_runs_say_so(capsys, 
     """`evaluate` prints a run's saved metrics; a run without them exits 2 saying what is missing."""
     code, out, _ = run_cli(capsys, "train", *slice_args(homedepot_slice, tmp_path / "runs"))
     run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
-    code, out, err = run_cli(capsys, "evaluate", "--run", str(run_dir))
-    assert code == 0 and "tfrec search" in out and "report.html" in out
+    code, out, err = run_cli(capsys, "evaluate", str(run_dir))
+    assert code == 0 and "tfrec search" in out and "report.html" in out, err
+    code, again, err = run_cli(capsys, "evaluate", "--run", str(run_dir))  # the older spelling
+    assert code == 0 and again == out
     (run_dir / "metrics.json").unlink()
     (run_dir / "search_config.json").unlink()
-    for argv, says in ((["export", "--run", str(run_dir)], "holds no exportable model"), (["evaluate", "--run", str(run_dir)], "did not finish")):
+    for argv, says in ((["export", str(run_dir)], "holds no exportable model"), (["evaluate", str(run_dir)], "did not finish")):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and says in err and out == "", err
-    code, _, err = run_cli(capsys, "export", "--run", str(tmp_path))
+    code, _, err = run_cli(capsys, "export", str(tmp_path))
     assert code == 1 and "is not a tfrec run directory" in err
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "nowhere"))
+    assert code == 1 and "run %s does not exist" % (tmp_path / "nowhere") in err
+
+
+def test_config_problems_are_listed_together_and_data_checks_fail_before_a_run_folder(capsys, in_repo, homedepot_slice, tmp_path):
+    """Every config problem is listed, one per line, naming its key and source; cut-offs the data cannot
+    serve fail right after loading, naming the --set, with no run folder left behind."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: %s\nretrieval:\n  epochs: \"2\"\n  bach_size: 3\n" % Path("configs/quick.yaml").resolve())
+    code, _, err = run_cli(capsys, "data", "validate", "--config", str(bad), "--set", "ranking.list_size=1")
+    lines = err.strip().splitlines()
+    assert code == 1 and lines[0] == "tfrec data: error: 3 problems in the config:"
+    assert "  %s: retrieval.epochs: expected int, got '2' (a quoted string: write the number without quotes)" % bad in lines
+    assert "  %s: retrieval.bach_size: unknown key (did you mean 'batch_size'?)" % bad in lines
+    assert "  --set ranking.list_size=1: ranking.list_size: must be >= 2, got 1" in lines
+
+    runs = tmp_path / "runs"
+    started = time.perf_counter()
+    code, out, err = run_cli(capsys, "train", *slice_args(homedepot_slice, runs), "--set", "evaluation.ks=[10,100000]",
+                             "--set", "retrieval.top_k=50000")
+    seconds = time.perf_counter() - started
+    assert code == 1 and "2 problems in the config:" in err, err
+    assert "  --set evaluation.ks=[10,100000]: evaluation.ks: k=100000 is larger than the catalog (" in err
+    assert "  --set retrieval.top_k=50000: retrieval.top_k: 50000 is larger than the catalog (" in err
+    assert not runs.exists() or not any(runs.iterdir())  # no half-made run folder
+    assert "run_dir:" not in out and seconds < 60
 
 
 def test_download_of_a_login_dataset_prints_instructions(capsys, tmp_path):
@@ -132,7 +277,7 @@ def test_usage_errors_exit_2(capsys):
             main(argv)
         assert done.value.code == 2
     # Arguments that parse but do not go together: exit 2 with one line naming them.
-    for argv, expected in ((["export"], "--run RUN_DIR"), (["recommend"], "--history"), (["recommend", "--history", "a", "--similar", "b"], "--history")):
+    for argv, expected in ((["recommend"], "--history"), (["recommend", "--history", "a", "--similar", "b"], "--history")):
         assert main(argv) == 2
         assert expected in capsys.readouterr().err
 

@@ -76,7 +76,7 @@ def test_within_one_run_a_model_against_a_baseline(runs, capsys):
 def test_cli_table_names_the_verdict(runs, capsys):
     assert main(["compare", str(runs[0]), str(runs[1]), "--resamples", "200"]) == 0
     out = capsys.readouterr().out
-    assert "A better" in out and "no clear difference" in out and "paired on the 199 rows" in out
+    assert "A better" in out and "no measurable difference" in out and "paired on the 199 rows" in out
 
 
 def test_clear_errors(runs, tmp_path, capsys):
@@ -93,7 +93,7 @@ def test_clear_errors(runs, tmp_path, capsys):
     assert main(["compare", str(runs[0])]) != 0
     assert "name the two systems" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nowhere"), str(runs[1])]) != 0
-    assert "no run folder or per-query file" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "old-run").mkdir()
     assert main(["compare", str(tmp_path / "old-run"), str(runs[1])]) != 0
     assert "per_query.npz not found" in capsys.readouterr().err

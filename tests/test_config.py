@@ -222,3 +222,77 @@ def test_a_saved_config_of_an_earlier_release_still_loads(in_repo, tmp_path):
     mine = write(tmp_path / "mine.yaml", yaml.safe_dump(values, sort_keys=False))
     with pytest.raises(ConfigError, match="was removed"):
         load_config(mine)
+
+
+def test_every_problem_is_reported_at_once_with_its_source(in_repo, tmp_path):
+    """Problems in the file, in a file it extends and in --set overrides come in one error, each with key and source."""
+    base = write(tmp_path / "base.yaml", "ranking:\n  list_size: 1\nevaluation:\n  ks: [0]\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\nretrieval:\n  bach_size: 3\n  epochs: -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(child, ["retrieval.top_k=0", "train.epochs=2", "nonsense"])
+    found = {(p.key, p.source) for p in err.value.problems}
+    via = "%s (%s extends %s)" % (base, child, base)
+    assert found == {
+        ("", "--set nonsense"),
+        ("train.epochs", "--set train.epochs=2"),
+        ("retrieval.bach_size", str(child)),
+        ("retrieval.epochs", str(child)),
+        ("retrieval.top_k", "--set retrieval.top_k=0"),
+        ("ranking.list_size", via),
+        ("evaluation.ks", via),
+    }
+    message = str(err.value)
+    assert message.startswith("7 problems in the config:\n") and len(message.splitlines()) == 8
+    assert "  %s: ranking.list_size: must be >= 2, got 1" % via in message.splitlines()
+    assert err.value.key == err.value.problems[0].key  # the first problem stays the error's own key and source
+
+
+def test_extends_failures_name_the_chain(in_repo, tmp_path):
+    """A file an `extends:` names that is missing or broken is reported with the chain that reached it."""
+    a = write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    b = write(tmp_path / "b.yaml", "extends: missing.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(a)
+    assert str(err.value) == "%s: extends: %s: config file not found (%s extends %s extends %s)" % (
+        b, tmp_path / "missing.yaml", a, b, tmp_path / "missing.yaml")
+    write(tmp_path / "missing.yaml", "retrieval: [1\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml: invalid YAML at line \d+, column \d+: .* \(.*a.yaml extends .*b.yaml "
+                                          r"extends .*missing.yaml\)$"):
+        load_config(a)
+    with pytest.raises(ConfigError, match="config file not found") as err:  # the file given itself: no chain to name
+        load_config(tmp_path / "nothing.yaml")
+    assert " extends " not in str(err.value)
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ('retrieval:\n  epochs: "2"\n', "retrieval.epochs", "expected int, got '2' (a quoted string: write the number without quotes)"),
+    ("ranking:\n  learning_rate: '1e-3'\n", "ranking.learning_rate", "expected float, got '1e-3' (a quoted string: write the number"),
+    ('evaluation:\n  ks: [10, "100"]\n', "evaluation.ks[1]", "expected int, got '100' (a quoted string"),
+])
+def test_quoted_numbers_are_refused(in_repo, tmp_path, text, key, expected):
+    """A number in quotes is text to YAML: refused with the key and the expected type, never silently converted."""
+    path = write(tmp_path / "quoted.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == key and str(err.value).startswith("%s: %s: %s" % (path, key, expected))
+    # Quoted text where text is expected stays fine.
+    assert load_config(write(tmp_path / "name.yaml", 'run:\n  name: "2"\n')).config.run.name == "2"
+
+
+def test_data_checks_list_every_value_the_data_makes_impossible(in_repo, homedepot_slice, tmp_path):
+    """Cut-offs and list sizes above the catalog size and relevance thresholds above every label fail together."""
+    from tfrec.data.preflight import data_problems
+
+    path = write(tmp_path / "c.yaml", "data:\n  dir: %s\nevaluation:\n  ks: [10, 100000]\n" % homedepot_slice)
+    loaded = load_config(path, ["retrieval.top_k=100000", "ranking.list_size=90000", "evaluation.positive_relevance=9",
+                                "retrieval.min_relevance=7"])
+    with pytest.raises(ConfigError) as err:
+        load_data(loaded)
+    problems = {p.key: p for p in err.value.problems}
+    assert list(problems) == ["evaluation.ks", "retrieval.top_k", "ranking.list_size", "retrieval.min_relevance",
+                              "evaluation.positive_relevance"]
+    assert problems["evaluation.ks"].source == str(path)
+    assert problems["ranking.list_size"].source == "--set ranking.list_size=90000"
+    assert "9 is above every relevance label in" in problems["evaluation.positive_relevance"].message
+    fine = load_config(path, ["evaluation.ks=[10]"])
+    assert data_problems(fine, load_data(fine)) == []

@@ -6,8 +6,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -20,7 +25,8 @@ from tfrec.cli.main import main
 from tfrec.config import load_config
 from tfrec.reports.evaluation import run_kind
 from tfrec.runs import (
-    FAILED, FINISHED, MOVIELENS, RECOMMENDATION, RUNNING, SEARCH, RunFolder, RunIncomplete, config_hash, write_json,
+    FAILED, FINISHED, MOVIELENS, RECOMMENDATION, RUNNING, SEARCH, RunFolder, RunIncomplete, config_hash, list_runs,
+    newest_finished_run, write_json,
 )
 from tfrec.training.warm_start import WarmStartError, read_previous_run
 from tfrec.version import __version__
@@ -40,20 +46,20 @@ def only_run(runs: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shared_datasets):
-    """One quick search run through tfrec.train; also what its run.json said while the data loaded, and its stdout."""
+    """One quick search run through tfrec.train; also what its run.json said as training started, and its stdout."""
     root = tmp_path_factory.mktemp("runs")
     data = write_homedepot_slice(shared_datasets, root / "homedepot")
     seen = {}
-    real_load = api._load_sliced
+    real_pipeline = api._train_pipeline
 
-    def load_and_look(loaded):
+    def train_and_look(kind, loaded, data, folder, warm_start):
         seen["record"] = RunFolder(only_run(root / "runs")).record()
-        return real_load(loaded)
+        return real_pipeline(kind, loaded, data, folder, warm_start)
 
     stdout = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, in_repository_root(), contextlib.redirect_stdout(stdout):
         patch.delenv("TFREC_DATA_DIR", raising=False)
-        patch.setattr(api, "_load_sliced", load_and_look)
+        patch.setattr(api, "_train_pipeline", train_and_look)
         folder = tfrec.train("configs/default.yaml", quick_search(data, root / "runs"))
     return folder, seen["record"], stdout.getvalue()
 
@@ -155,10 +161,10 @@ def test_a_pipeline_error_marks_the_run_failed(homedepot_slice, tmp_path, in_rep
 
 
 def test_an_interrupted_run_is_marked_failed(homedepot_slice, tmp_path, in_repo, monkeypatch):
-    def interrupted(loaded):
+    def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "_load_sliced", interrupted)
+    monkeypatch.setattr(api, "_train_pipeline", interrupted)
     runs = tmp_path / "runs"
     with pytest.raises(KeyboardInterrupt):
         tfrec.train("configs/default.yaml", quick_search(homedepot_slice, runs))
@@ -179,3 +185,45 @@ def test_write_json_is_atomic_and_writes_numpy(tmp_path):
         write_json(path, {"n": 4, "bad": Unwritable()})
     assert json.loads(path.read_text())["n"] == 3  # the earlier file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # and no temporary file is left
+
+
+def _run_with_status(folder: Path, status: str, mtime: float, error: Optional[str] = None) -> Path:
+    """A run folder holding a config.yaml and a run.json that says ``status`` (written ``mtime``)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("run:\n  name: x\n")
+    record = {"kind": SEARCH, "status": status, "tfrec_version": __version__, "config_hash": "0",
+              "started": "2025-01-01T00:00:00Z", "error": error}
+    write_json(RunFolder(folder).record_file, record)
+    for path in folder.iterdir():
+        os.utime(path, (mtime, mtime))
+    return folder
+
+
+def test_the_newest_finished_run_passes_over_unfinished_ones(tmp_path):
+    """What `tfrec export` / `evaluate` use without RUN: the most recently finished run, and what was passed over."""
+    now = time.time()
+    old = _run_with_status(tmp_path / "a-old", FINISHED, now - 300)
+    newer = _run_with_status(tmp_path / "b-newer", FINISHED, now - 200)
+    failed = _run_with_status(tmp_path / "c-failed", FAILED, now - 100, "ValueError: boom")
+    running = _run_with_status(tmp_path / "d-running", RUNNING, now - 10)
+    (tmp_path / "not-a-run").mkdir()  # no config.yaml: ignored
+    assert list_runs(tmp_path) == [(running, RUNNING), (failed, FAILED), (newer, FINISHED), (old, FINISHED)]
+    assert newest_finished_run(tmp_path) == (newer, [(running, RUNNING), (failed, FAILED)])
+    assert newest_finished_run(tmp_path / "missing") == (None, [])
+    RunFolder(newer).finish(FAILED, error="KeyboardInterrupt")  # now the newest record: still passed over
+    assert newest_finished_run(tmp_path)[0] == old
+
+
+def test_exporting_a_failed_run_fails_at_once_without_tensorflow(tmp_path):
+    """`tfrec export RUN` on a failed run says its status and error from run.json before any TensorFlow work."""
+    run = _run_with_status(tmp_path / "run", FAILED, time.time(), "ValueError: evaluation.ks is larger than the catalog")
+    code = ("import sys; from tfrec.cli.main import main; rc = main(['export', sys.argv[1], '--export-dir', sys.argv[2]]); "
+            "print('tensorflow' in sys.modules, rc)")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, str(run), str(tmp_path / "export")], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "2"], done.stderr
+    assert "did not finish (status failed: ValueError: evaluation.ks is larger than the catalog)" in done.stderr
+    assert time.perf_counter() - started < 60 and not (tmp_path / "export").exists()
+    missing = tmp_path / "gone"
+    with pytest.raises(FileNotFoundError, match="run %s does not exist" % missing):
+        tfrec.export(missing, tmp_path / "export")

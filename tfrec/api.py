@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from tfrec.config import LoadedConfig
 from tfrec.config import load_config as _load_config
+from tfrec.config.loader import save_config
 from tfrec.config.schema import DistributeConfig
 from tfrec.data import load_data as read_data
+from tfrec.data.frames import covers_every_file, data_frames, keep_frames
+from tfrec.data.preflight import preflight
 from tfrec.data.slices import slice_for_config, slice_recommendation_data
 from tfrec.data.stats import dataset_stats, format_stats
 from tfrec.data.tables import SearchData
@@ -111,7 +114,7 @@ def load_config(path: Optional[PathLike], overrides: Sequence[str] = ()) -> Load
     return _load_config(path, list(overrides))
 
 
-def _loaded(config: Union[PathLike, LoadedConfig], overrides: Sequence[str]) -> LoadedConfig:
+def _loaded(config: Union[PathLike, LoadedConfig], overrides: Sequence[str], frames: Optional[dict] = None) -> LoadedConfig:
     if isinstance(config, LoadedConfig):
         if overrides:
             raise ValueError("overrides apply to a config file: pass the file's path with them, or put them in "
@@ -119,31 +122,39 @@ def _loaded(config: Union[PathLike, LoadedConfig], overrides: Sequence[str]) -> 
         return config
     if not isinstance(config, (str, Path)):
         raise TypeError("config must be a YAML path or a LoadedConfig, got %s" % type(config).__name__)
+    if frames and covers_every_file(frames):
+        overrides = [*overrides, "data.dir=."]  # every file comes from a DataFrame: no data folder is read
     return load_config(config, overrides)
 
 
-def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), sliced: bool = True) -> tuple[Any, dict]:
-    """Read and validate a config's dataset (sliced by its ``data.max_*`` keys unless ``sliced=False``); returns (data, statistics)."""
-    loaded = _loaded(config, overrides)
+def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), sliced: bool = True, *,
+              catalog: Any = None, judgments: Optional[dict] = None, interactions: Any = None) -> tuple[Any, dict]:
+    """Read and validate a config's dataset (sliced by its ``data.max_*`` keys unless ``sliced=False``); returns (data, statistics).
+
+    ``catalog``, ``judgments`` and ``interactions`` take pandas DataFrames in place of the data files, as :func:`train` does.
+    """
+    frames = data_frames(catalog=catalog, judgments=judgments, interactions=interactions)
+    loaded = _loaded(config, overrides, frames)
     if not sliced:
-        return _read(loaded)
-    data, stats, _ = _load_sliced(loaded)
+        return _read(loaded, frames)
+    data, stats, _ = _load_sliced(loaded, frames)
     return data, stats
 
 
-def _read(loaded: LoadedConfig) -> tuple[Any, dict]:
+def _read(loaded: LoadedConfig, frames: Optional[dict] = None) -> tuple[Any, dict]:
     """The whole dataset of a config and its statistics (with the load time)."""
     started = time.perf_counter()
-    log.info("loading %s from %s ..." % (loaded.config.data.dataset, loaded.config.data.dir))
-    data = read_data(loaded)
+    where = "DataFrames" if frames and covers_every_file(frames) else loaded.config.data.dir
+    log.info("loading %s from %s ..." % (loaded.config.data.dataset, where))
+    data = read_data(loaded, frames)
     stats = dataset_stats(data, loaded.config)
     stats["load_seconds"] = round(time.perf_counter() - started, 2)
     return data, stats
 
 
-def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
+def _load_sliced(loaded: LoadedConfig, frames: Optional[dict] = None) -> tuple[Any, dict, Optional[str]]:
     """(data, statistics, a note when sliced) of a config: what ``tfrec train`` trains on."""
-    data, stats = _read(loaded)
+    data, stats = _read(loaded, frames)
     dc = loaded.config.data
     note = None
     if isinstance(data, SearchData) and (dc.max_train_queries or dc.max_valid_queries or dc.max_products or dc.periods > 1):
@@ -161,18 +172,38 @@ def _load_sliced(loaded: LoadedConfig) -> tuple[Any, dict, Optional[str]]:
 
 
 def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), run_dir: Optional[PathLike] = None,
-          warm_start: Optional[PathLike] = None, restart: bool = False) -> Path:
+          warm_start: Optional[PathLike] = None, restart: bool = False, *, catalog: Any = None,
+          judgments: Optional[dict] = None, interactions: Any = None) -> Path:
     """Train and evaluate a config end to end (what ``tfrec train`` does); returns the run folder.
 
     ``restart`` (with ``run_dir``) starts the run's training over: its checkpoints are moved into a
     dated ``checkpoints-set-aside-<UTC time>`` folder of the run, never deleted.
+
+    Own data may come as pandas DataFrames instead of the files the config names, each read with
+    the columns and checks of that file (errors name the frame, row and column):
+    ``catalog=`` replaces ``data.catalog.path``; for search, ``judgments={"train": df, "valid": df}``
+    replaces ``data.judgments.train`` and ``data.judgments.valid`` (train and valid are separate, as
+    with the files); for recommendation, ``interactions=`` replaces ``data.interactions.path``. The
+    run keeps the columns it reads as Parquet files in its ``data/`` folder and its config.yaml points
+    there (its header names the DataFrames), so export and evaluation need no frames; training the
+    original config again needs them again.
     """
     if restart and not run_dir:
         raise ValueError("restart needs run_dir: the run folder whose training starts over")
-    loaded = _loaded(config, overrides)
+    frames = data_frames(catalog=catalog, judgments=judgments, interactions=interactions)
+    loaded = _loaded(config, overrides, frames)
     kind = _run_kind(loaded, bool(warm_start))
+    # The data first: a config value it makes impossible (a cut-off above the catalog size, ...) fails in
+    # seconds, every such problem at once, before any encoding and before a run folder exists.
+    data, stats, note = _load_sliced(loaded, frames)
+    preflight(loaded, data)
+    if frames and run_dir:
+        keep_frames(loaded, frames, Path(run_dir), write=False)  # resuming compares a config that points at the kept copies
     run = RunFolder(open_run_dir(loaded, Path(run_dir)) if run_dir else create_run_dir(loaded))
     folder = run.root
+    if frames:
+        keep_frames(loaded, frames, folder)  # the run's own copies: export and evaluation read them
+        save_config(loaded, run.config)
     run.start(kind, loaded)
     try:
         if restart:
@@ -184,7 +215,6 @@ def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), 
                                        if moved else "no checkpoints in %s; training starts from the beginning" % folder))
         log.info("run directory %s (resolved config saved as %s; if interrupted, run the same command with "
                  "--run-dir %s to resume from its checkpoints)" % (folder, run.config.name, folder))
-        data, stats, note = _load_sliced(loaded)
         if note:
             log.info(note)
         write_json(run.stats, stats)
@@ -259,6 +289,8 @@ def _render_report(folder: Path) -> None:
 def _run_folder(run: PathLike) -> RunFolder:
     """A run folder, checked to be one (it holds the resolved config.yaml) whose training did not stop unfinished."""
     folder = RunFolder(run)
+    if not folder.root.exists():
+        raise FileNotFoundError("run %s does not exist" % folder.root)
     if not folder.config.is_file():
         raise FileNotFoundError("%s is not a tfrec run directory (no %s in it)" % (folder.root, folder.config.name))
     folder.require_finished()  # RunIncomplete while run.json says running or failed
@@ -344,7 +376,7 @@ def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: b
     # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.search.export import export_search, load_search_models
 
-    log.info("rebuilding the trained models of %s ..." % run)
+    log.info("rebuilding the trained models of %s ..." % run, extra={"stage": "export"})  # tfrec.log.as_stage
     models = load_search_models(run)
     # every model of the run (ScaNN's too) gets one version number and appears at once
     return export_search(models, export_dir, version=version, run=run.name, scann=scann)
@@ -357,7 +389,7 @@ def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], 
 
     if scann:
         raise UnsupportedError("--scann applies to search runs (recommendation exports are brute force over the catalog)")
-    log.info("rebuilding the trained recommender of %s ..." % run)
+    log.info("rebuilding the trained recommender of %s ..." % run, extra={"stage": "export"})
     model, data, settings = load_recommender(run)
     return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
                                  exclude_history=bool(settings["exclude_history"]), version=version, run=run.name)
@@ -365,7 +397,7 @@ def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], 
 
 def check_export(export_dir: PathLike = "export") -> "ConformanceReport":
     """Check an export as TF Serving would load it (fresh TensorFlow-only process); raises ExportCheckError on a problem."""
-    log.info("checking %s in a fresh TensorFlow-only process (what TF Serving can load) ..." % export_dir)
+    log.info("checking %s in a fresh TensorFlow-only process (what TF Serving can load) ..." % export_dir, extra={"stage": "export"})
     report = check(Path(export_dir))
     for line in report.lines():
         _out(line)

@@ -252,6 +252,46 @@ class RunRecord:
         return asdict(self)
 
 
+def run_status(folder: RunFolder) -> str:
+    """running, finished or failed from run.json; runs without one: finished if they hold metrics.json, else incomplete."""
+    try:
+        record = folder.record()
+    except ValueError:
+        return "unreadable"
+    if record is not None:
+        return str(record.status)
+    return FINISHED if folder.metrics.is_file() else "incomplete"
+
+
+def list_runs(root: Path) -> list[tuple[Path, str]]:
+    """The run folders directly under ``root`` (those holding a config.yaml) with their status, most recently written first.
+
+    A run's time is that of its run.json (rewritten when training ends), else of its newest record file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        folder = RunFolder(path)
+        if not path.is_dir() or not folder.config.is_file():
+            continue
+        stamp = max(p.stat().st_mtime for p in (folder.record_file, folder.metrics, folder.config) if p.is_file())
+        found.append((stamp, path.name, path, run_status(folder)))
+    found.sort(reverse=True)
+    return [(path, status) for _, _, path, status in found]
+
+
+def newest_finished_run(root: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
+    """The most recent finished run under ``root`` (None if there is none) and the newer unfinished runs passed over."""
+    passed: list[tuple[Path, str]] = []
+    for path, status in list_runs(root):
+        if status == FINISHED:
+            return path, passed
+        passed.append((path, status))
+    return None, passed
+
+
 def config_hash(loaded: LoadedConfig) -> str:
     """SHA-256 (first 16 hex digits) of the resolved config, key order independent."""
     text = json.dumps(config_to_dict(loaded.config), sort_keys=True, default=str)

@@ -3,7 +3,12 @@
 Contract for scripts: ``tfrec train`` ends by printing ``run_dir: <path>``; ``tfrec export``
 prints one ``export: <model_name> <version_path>`` line per SavedModel; ``tfrec serve`` prints
 ``serving: grpc=HOST:P rest=HOST:Q`` once every model is loaded. Errors exit non-zero with one
-line on stderr (the traceback only with ``--debug``).
+line on stderr (the traceback only with ``--debug``); a config with several problems lists each on
+its own line below that one.
+
+Runs are named the same way everywhere: ``tfrec evaluate [RUN]``, ``tfrec export [RUN]``,
+``tfrec compare RUN_A [RUN_B]`` (``--run RUN`` is still accepted). Without RUN, evaluate and export
+take the newest finished run under ./runs and say which on stderr.
 
 Output: stdout holds only the results a command exists to print; progress and notes are tfrec's
 log (:mod:`tfrec.log`), on stderr as ``[<stage>] message`` lines. ``--quiet`` keeps warnings
@@ -24,13 +29,16 @@ from tfrec import api
 from tfrec import log as tfrec_log
 from tfrec.benchmarks import run_benchmarks
 from tfrec.config import ConfigError, load_config
+from tfrec.config.builtin import builtin_configs
+from tfrec.config.starter import STARTERS, write_starter
 from tfrec.data import download
 from tfrec.data.download import DownloadError
 from tfrec.data.errors import DataError
 from tfrec.data.stats import format_stats
 from tfrec.evaluation.compare import PerQuery, compare, default_pairs, format_comparison
-from tfrec.runs import RunFolder, RunIncomplete, create_run_dir
-from tfrec.serving.service import ProductCatalog, RecommendService, SearchService, format_hits
+from tfrec.runs import RunFolder, RunIncomplete, create_run_dir, newest_finished_run
+from tfrec.cli.tables import hits_table
+from tfrec.serving.service import ProductCatalog, RecommendService, SearchService
 from tfrec.version import __version__
 
 log = logging.getLogger(__name__)
@@ -127,13 +135,48 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# Where a command looks for runs when none is named (tfrec train's default run.output_dir).
+RUNS_DIR = "runs"
+
+
+def _run_argument(args: argparse.Namespace, *, pick_newest: bool = True) -> Optional[str]:
+    """The RUN a command was given (positional, or the older --run), else the newest finished run under ./runs."""
+    positional, option = getattr(args, "run_dir", None), getattr(args, "run_option", None)
+    if positional is not None and option is not None and positional != option:
+        raise UsageError("two runs given (%s and --run %s): name one RUN" % (positional, option))
+    named = positional if positional is not None else option
+    if named is not None or not pick_newest:
+        return named
+    newest, passed = newest_finished_run(Path(RUNS_DIR))
+    skipped = "; ".join("%s (%s)" % (path, status) for path, status in passed)
+    if newest is None:
+        raise UsageError("no RUN given and no finished run under ./%s%s: train one with `tfrec train`, or name a RUN"
+                         % (RUNS_DIR, " (not finished: %s)" % skipped if skipped else ""))
+    log.info("no RUN given: using %s, the newest finished run under ./%s%s"
+             % (newest, RUNS_DIR, " (passing over newer runs that did not finish: %s)" % skipped if skipped else ""))
+    return str(newest)
+
+
+def _model_version(args: argparse.Namespace) -> Optional[int]:
+    """export's --model-version, or the older --version spelling of it (with a note that it is deprecated)."""
+    if args.legacy_version is None:
+        return args.model_version
+    if args.model_version is not None and args.model_version != args.legacy_version:
+        raise UsageError("--model-version %d and --version %d disagree: give --model-version only" % (args.model_version, args.legacy_version))
+    log.warning("`tfrec export --version N` is deprecated: use --model-version N (tfrec --version prints tfrec's own version)")
+    return args.legacy_version
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a run's trained models as SavedModels (TF Serving layout: <dir>/<model>/<version>/) and/or check an export."""
-    if args.run is None and not args.check:
-        raise UsageError("tfrec export needs --run RUN_DIR (to export) or --check (to check an existing export)")
+    """Export a run's trained models as SavedModels (TF Serving layout: <dir>/<model>/<version>/) and/or check an export.
+
+    Without RUN it exports the newest finished run under ./runs; --check without RUN checks the existing export only.
+    """
+    run = _run_argument(args, pick_newest=not args.check)
+    version = _model_version(args)
     try:
-        if args.run is not None:  # prints `export: <model> <version_path>` per SavedModel, then the deployment files
-            api.export(args.run, args.export_dir, version=args.version, check=args.check, scann=args.scann)
+        if run is not None:  # prints `export: <model> <version_path>` per SavedModel, then the deployment files
+            api.export(run, args.export_dir, version=version, check=args.check, scann=args.scann)
         else:
             api.check_export(args.export_dir)
     except api.UnsupportedError as err:
@@ -146,9 +189,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Write a run's report (report.html, report.md, PNG charts) from what it saved, and print its summary."""
+    """Write a run's report (report.html, report.md, PNG charts) from what it saved, and print its summary.
+
+    Without RUN it evaluates the newest finished run under ./runs.
+    """
+    run = _run_argument(args)
     try:
-        report = api.evaluate(args.run)
+        report = api.evaluate(run)
     except RunIncomplete as err:
         raise NotAvailable(str(err)) from err
     # The files written are what this command is for: results on stdout, like the summary.
@@ -165,6 +212,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if len(args.runs) not in (1, 2):
         raise UsageError("tfrec compare takes RUN_A RUN_B, or one RUN with --system and --against")
+    for run in args.runs:
+        if not Path(run).exists():
+            raise FileNotFoundError("run %s does not exist" % run)
     a = PerQuery.load(Path(args.runs[0]))
     b = PerQuery.load(Path(args.runs[-1]))
     if len(args.runs) == 1 and not (args.system and args.against):
@@ -254,7 +304,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     catalog = _catalog(args, "search_retrieval", required=not args.no_rerank)
     with _client(args) as client:
-        service = SearchService(client, catalog, candidates=args.candidates, rerank=not args.no_rerank, label=args.label)
+        service = SearchService(client, catalog, candidates=args.candidates, rerank=False if args.no_rerank else None, label=args.label)
         try:
             results = service.search_many(args.query, k=args.top_k)
         except ServingError as err:
@@ -263,7 +313,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             _out(json.dumps({"query": query, "results": [h.as_dict() for h in hits]}, ensure_ascii=False))
         else:
-            _out(format_hits(hits, header="query: %s" % query))
+            _out(hits_table(hits, header="query: %s" % query))
     return 0
 
 
@@ -293,7 +343,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps({"request": header, "results": [h.as_dict() for h in hits]}, ensure_ascii=False))
     else:
-        _out(format_hits(hits, header=header))
+        _out(hits_table(hits, header=header, id_label="item id"))
     return 0
 
 
@@ -304,14 +354,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write DIR/tfrec.yaml: a commented starter config for your own CSV or Parquet files, saying what each column means."""
+    path = write_starter(args.kind, args.dir, force=args.force)
+    starter = STARTERS[args.kind]
+    _out("wrote: %s (%s)" % (path, starter.summary))
+    _out("next: put %s in %s (or edit the file and column names in %s), then run" % (
+        ", ".join(starter.files), path.parent, path))
+    _out("  tfrec data validate --config %s" % path)
+    _out("  tfrec train --config %s" % path)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_config_args(parser: argparse.ArgumentParser, default: Optional[str] = "configs/default.yaml") -> None:
-    parser.add_argument("--config", default=default, metavar="FILE", help="YAML config (default: %(default)s)")
+def _add_config_args(parser: argparse.ArgumentParser, default: Optional[str] = "default") -> None:
+    parser.add_argument("--config", default=default, metavar="FILE",
+                        help="a YAML config file, or a built-in config by name: %s (default: %%(default)s)" % ", ".join(builtin_configs()))
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set retrieval.batch_size=32 (repeatable)"
     )
+
+
+def _add_run_args(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN", help=help_text)
+    # The spelling of earlier releases, still accepted: `--run RUN` means the same as RUN.
+    parser.add_argument("--run", dest="run_option", default=None, metavar="RUN", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def add(name: str, func: Callable, help_text: str, **kwargs) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=func.__doc__, **kwargs)
+    def add(name: str, func: Callable, help_text: str, description: Optional[str] = None, **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=description or func.__doc__, **kwargs)
         p.set_defaults(func=func)
         return p
 
@@ -353,19 +422,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a previous search run's two towers (ids grown, train.continual.replay_fraction of its data "
                         "replayed) and report metrics on its valid queries too")
     p = add("evaluate", cmd_evaluate, "write a run's report.html and PNG charts (valid split) and print its summary")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory under runs/")
+    _add_run_args(p, "the run folder to evaluate (default: the newest finished run under ./runs)")
     p = add("compare", cmd_compare, "paired bootstrap CIs between two runs (or two systems of a run) over queries/users")
     p.add_argument("runs", nargs="+", metavar="RUN", help="RUN_A RUN_B (same split), or one RUN with --system and --against")
-    p.add_argument("--system", default=None, help="system of RUN_A to compare (default: every system both runs have)")
-    p.add_argument("--against", default=None, help="system of RUN_B (or of the one RUN) to compare with (default: --system)")
-    p.add_argument("--metric", action="append", default=None, help="only this metric (repeatable), e.g. ndcg@10_e2e or recall@10")
+    p.add_argument("--system", default=None, metavar="SYSTEM", help="system of RUN_A to compare (default: every system both runs have)")
+    p.add_argument("--against", default=None, metavar="SYSTEM",
+                   help="system of RUN_B (or of the one RUN) to compare with (default: --system)")
+    p.add_argument("--metric", action="append", default=None, metavar="METRIC",
+                   help="only this metric (repeatable), e.g. ndcg@10_e2e or recall@10")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p = add("export", cmd_export, "export a run's models as TF Serving SavedModels; --check verifies an export")
-    p.add_argument("--run", default=None, metavar="RUN_DIR", help="a directory under runs/ (omit with --check to check only)")
+    _add_run_args(p, "the run folder to export (default: the newest finished run under ./runs; "
+                     "with --check and no RUN, only the existing export is checked)")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="where export/<model>/<version>/ goes (default: %(default)s)")
-    p.add_argument("--version", type=int, default=None, help="version number to write (default: one more than the newest)")
+    p.add_argument("--model-version", type=int, default=None, metavar="N",
+                   help="version number to write (default: one more than the newest in DIR)")
+    p.add_argument("--version", dest="legacy_version", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --model-version
     p.add_argument("--check", action="store_true", help="check the export in a fresh TensorFlow-only process (ops, signatures, warm-up)")
     p.add_argument("--scann", action="store_true", help="also write a ScaNN retrieval export under DIR/scann/ (needs a ScaNN-enabled server)")
     p = add("tune", cmd_tune, "run a keras-tuner search declared in a config")
@@ -417,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/default.yaml", metavar="FILE", help="config whose data the benchmarks read")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="export the serving benchmark serves (default: %(default)s)")
 
-    data = add("data", lambda a: 0, "validate, download or prepare datasets")
+    data = add("data", lambda a: 0, "validate, download or prepare datasets",
+               description="Work with datasets: check a config's data and print its statistics (validate), download a "
+                           "public dataset (download), or turn a raw Kaggle Home Depot file into tfrec's CSVs (prepare).")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data_sub.required = True
     p = data_sub.add_parser("validate", parents=[common], help="check a config's data and print its statistics", description=cmd_data_validate.__doc__)
@@ -437,10 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if the folder exists")
     p = data_sub.add_parser("prepare", parents=[common], help="prepare a raw Kaggle Home Depot download", description=cmd_data_prepare.__doc__)
     p.set_defaults(func=cmd_data_prepare)
-    p.add_argument("dataset", choices=["homedepot"])
+    p.add_argument("dataset", choices=["homedepot"], help="the raw dataset to prepare (homedepot)")
     p.add_argument("--raw", required=True, metavar="FILE", help="Kaggle's train.csv or train.csv.zip")
     p.add_argument("--dest", default="data", metavar="DIR", help="data root (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/homedepot folder")
+    p = add("init", cmd_init, "write a commented starter config (DIR/tfrec.yaml) for your own CSV or Parquet files")
+    p.add_argument("kind", choices=list(STARTERS), help="; ".join("%s: %s" % (k, v.summary) for k, v in STARTERS.items()))
+    p.add_argument("dir", metavar="DIR", help="the folder that holds (or will hold) your data files; created if missing")
+    p.add_argument("--force", action="store_true", help="overwrite an existing DIR/tfrec.yaml")
     return parser
 
 
@@ -466,7 +546,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if debug:
                 raise
             code = EXIT_USAGE if isinstance(err, (NotAvailable, UsageError)) else EXIT_ERROR
-            _error("tfrec %s: error: %s" % (args.command, _one_line(err)))
+            _error("tfrec %s: error: %s" % (args.command, _error_text(err)))
             return code
         except Exception as err:  # noqa: BLE001 (unexpected: still one line, the traceback behind --debug)
             if debug:
@@ -478,6 +558,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _one_line(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     return " ".join(text.split())
+
+
+def _error_text(err: BaseException) -> str:
+    """An error as one line; a config with several problems gets one more line per problem."""
+    problems = getattr(err, "problems", None) if isinstance(err, ConfigError) else None
+    if not problems or len(problems) < 2:
+        return _one_line(err)
+    return "\n".join(["%d problems in the config:" % len(problems)] + ["  %s" % " ".join(str(p).split()) for p in problems])
 
 
 if __name__ == "__main__":

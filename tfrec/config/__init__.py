@@ -1,6 +1,7 @@
 """Configuration: typed dataclasses loaded from layered YAML (defaults -> file -> overrides)."""
 from tfrec.config.loader import (
     ConfigError,
+    ConfigProblem,
     LoadedConfig,
     config_to_dict,
     data_dir_candidates,
@@ -14,6 +15,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "Config",
     "ConfigError",
+    "ConfigProblem",
     "LoadedConfig",
     "config_to_dict",
     "data_dir_candidates",

@@ -179,6 +179,32 @@ class DevServer:
         """The line ``tfrec serve`` prints once every model is loaded."""
         return "serving: grpc=%s rest=%s" % (self.grpc_address or "-", self.rest_address or "-")
 
+    @property
+    def export_dir(self) -> Optional[Path]:
+        """The export folder served (None when a model config file names the models)."""
+        return self.manager.export_dir
+
+    @property
+    def grpc_port(self) -> int:
+        """The gRPC port: once started the bound one (a free one when 0 was asked for), before that the one asked for."""
+        return int(self.grpc_address.rpartition(":")[2]) if self.grpc_address else self._ports[0]
+
+    @property
+    def rest_port(self) -> Optional[int]:
+        """The REST port (None: gRPC only): once started the bound one, before that the one asked for."""
+        return int(self.rest_address.rpartition(":")[2]) if self.rest_address else self._ports[1]
+
+    @property
+    def state(self) -> str:
+        """not started, serving or stopped."""
+        if self._stopped.is_set():
+            return "stopped"
+        return "serving" if self._grpc is not None else "not started"
+
+    def __repr__(self) -> str:
+        return "DevServer(export_dir=%r, host=%r, grpc_port=%s, rest_port=%s, %s)" % (
+            str(self.export_dir) if self.export_dir is not None else None, self.host, self.grpc_port, self.rest_port, self.state)
+
     def _start_grpc(self) -> None:
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
