@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import tfrec  # noqa: F401  (first: Keras 2 mode before TensorFlow is imported)
 
+import io
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -218,11 +220,17 @@ def test_two_writers_on_one_shard_keep_each_others_vectors(tmp_path):
     assert len(list(directory.glob("vectors-*.npy"))) == 1  # superseded generations removed
 
 
-def test_progress_bar_shows_only_when_asked(tmp_path, capsys):
+def test_progress_bar_shows_only_when_asked(tmp_path, capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # the bar draws on terminals only (elsewhere: a log line every ~30 s)
+            return True
+
     EmbeddingCache(tmp_path / "quiet").encode_catalog(TEXTS, CountingEncoder(), "enc", progress=False)
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
     EmbeddingCache(tmp_path / "loud").encode_catalog(TEXTS, CountingEncoder(), "enc", progress=True)
-    assert "encoding texts" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert "encoding texts" in terminal.getvalue()
 
 
 def test_bad_inputs_and_encoder_outputs_are_named(tmp_path):

@@ -184,7 +184,7 @@ def test_progress_is_a_bar_on_a_terminal_and_one_log_line_per_epoch():
             for _ in range(3):
                 bar.update(32, 1.25)
             bar.close({"loss": 1.25, "examples_per_second": 640.0})
-        assert "epoch 1/2" in terminal.getvalue() and "3/3" in terminal.getvalue() and "examples_s=" in terminal.getvalue()
+        assert "epoch 1/2" in terminal.getvalue() and "3/3" in terminal.getvalue() and "examples/s=" in terminal.getvalue()
         assert "loss=1.25" in terminal.getvalue()
         assert plain.getvalue() == ""  # no bar off a terminal: the epoch's line is in the log
         assert log.getvalue() == "[training] epoch 1/2: loss=1.25 examples_per_second=640\n" * 2

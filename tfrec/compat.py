@@ -1,7 +1,8 @@
 """The one compatibility module: Keras 2 mode, TF-Ranking's Keras API, keras-tuner in tf.keras mode.
 
 Every entry point imports this module before TensorFlow. It is the only place in tfrec that
-touches ``sys.modules`` or environment flags; ../shared/docs/STACK.md gives the facts behind it:
+touches ``sys.modules`` or environment flags (the log levels of TensorFlow's C++ code and of
+transformers default to quiet here, before either loads); ../shared/docs/STACK.md gives the facts behind it:
 
 1. ``TF_USE_LEGACY_KERAS=1`` must be set before TensorFlow is first imported so that
    ``tf.keras`` is tf-keras (Keras 2), which TFRS and the Hugging Face TF models need.
@@ -13,12 +14,13 @@ touches ``sys.modules`` or environment flags; ../shared/docs/STACK.md gives the 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import types
-from typing import Any
+from typing import Any, Iterator
 
 _LEGACY_KERAS_FLAG = "TF_USE_LEGACY_KERAS"
 
@@ -34,9 +36,46 @@ def _tensorflow_loaded() -> bool:
 # Fact 1: set the flag at import time, so `import tfrec.compat` first is all an entry point needs.
 if not _tensorflow_loaded():
     os.environ[_LEGACY_KERAS_FLAG] = "1"
-    # TensorFlow's C++ INFO/WARNING chatter (CPU feature hints, missing CUDA) buries tfrec's
-    # own output; errors still show, and a user's own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ chatter buries tfrec's own output, and its noisiest lines are logged as
+    # errors though nothing is wrong ("failed call to cuInit" on a machine without a GPU, "oneDNN
+    # supports DT_INT64 only on platforms with AVX-512"), so only fatal ones show. Real failures
+    # reach Python as exceptions, which carry the message. A user's own setting wins;
+    # `tfrec --verbose` sets 0 (tfrec.log.show_tensorflow_info).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# transformers sets its logger's level from this when it first logs (after any setLevel tfrec
+# could do before it loads): its notices ("TensorFlow classes are deprecated") are not the user's
+# concern. A user's own setting wins; tfrec.log.configure(verbosity > 0) shows them again.
+if "transformers" not in sys.modules:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@contextlib.contextmanager
+def native_stderr_muted() -> Iterator[None]:
+    """Silence what native code writes straight to file descriptor 2 during the block (not Python's logging).
+
+    For third-party C++ that logs through its own copy of absl, which no environment variable
+    reaches (ScaNN's index builder prints "I0000 ... partitioner_factory_base.cc] Size of sampled
+    dataset" lines). Python's ``sys.stderr`` is flushed first; errors still raise as exceptions.
+    Does nothing when the user asked for TensorFlow's C++ logs (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1,
+    what ``--verbose`` sets), or when stderr has no file descriptor (a notebook).
+    """
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd < 0 or level in ("", "0", "1"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def tensorflow() -> Any:

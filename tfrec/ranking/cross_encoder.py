@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from tfrec import compat
-from tfrec.log import progress_bars
+from tfrec.log import Progress
 from tfrec.schedules import WarmupLinearDecay
 from tfrec.ranking import PADDING_SCORE
 from tfrec.ranking.losses import ranking_loss
@@ -230,7 +230,7 @@ def train_cross_encoder(
     history: dict = {"loss": [], "step_loss": [], "pairs_per_second": [], "steps": 0, "pairs": 0, "seconds": 0.0}
     for epoch in range(epochs):
         order = rng.permutation(len(queries))
-        bar = tf.keras.utils.Progbar(steps_per_epoch, stateful_metrics=["pairs/s"]) if progress and progress_bars() else None
+        bar = Progress("cross-encoder epoch %d/%d" % (epoch + 1, epochs), steps_per_epoch, logger=log, unit="step", show=progress)
         if progress:
             log.info("cross-encoder epoch %d/%d", epoch + 1, epochs)
         start, pairs, losses = time.perf_counter(), 0, []
@@ -252,8 +252,8 @@ def train_cross_encoder(
                 )
             losses.append(value)
             pairs += int((batch_labels >= 0).sum())
-            if bar is not None:
-                bar.update(step + 1, [("loss", value), ("pairs/s", pairs / (time.perf_counter() - start))])
+            bar.update(1, {"loss": "%.4g" % value, "pairs/s": "%.0f" % (pairs / (time.perf_counter() - start))})
+        bar.close()
         history["loss"].append(float(np.mean(losses)))
         history["step_loss"].extend(losses)
         seconds = time.perf_counter() - start

@@ -224,6 +224,25 @@ class RankerHead(tf.keras.Model):
         fused = self.columns(flat, training=training)
         return tf.reshape(fused, tf.concat([shape, [CATALOG_COLUMNS_DIM]], 0))
 
+    def predict(self, x: Any, batch_size: Optional[int] = None, verbose: Any = "auto", **kwargs: Any) -> np.ndarray:
+        """Scores [n, L] of list inputs (a dict of arrays), in eager batches of ``batch_size`` (default 32).
+
+        Not Keras' ``predict`` loop: a run trains a new head per candidate loss, and each head
+        would trace its own predict function for every list width it scores (training lists,
+        valid's judged products, valid's top-k), which after a few heads makes TensorFlow warn
+        about excessive retracing. The head is a handful of small layers, so eager batches cost
+        no more than tracing and give the same numbers. Anything else than a dict of arrays
+        (a ``tf.data.Dataset``, callbacks) goes to Keras' ``predict``.
+        """
+        if not isinstance(x, Mapping) or kwargs:
+            return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
+        size = int(batch_size or 32)
+        n = len(next(iter(x.values())))
+        parts = [self({k: v[s : s + size] for k, v in x.items()}, training=False).numpy() for s in range(0, n, size)]
+        if parts:
+            return np.concatenate(parts)
+        return np.zeros((0, *np.shape(next(iter(x.values())))[1:2]), np.float32)
+
     def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
         """Scores [B, L] of every list item (padding items get a score too; losses mask them)."""
         return self.mlp_score(inputs, training=training) / self.score_scale + self.dense_weight * self.dense_z(inputs)

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -40,7 +41,9 @@ def build_index(kind: IndexKind, vectors: np.ndarray, *, k: int = 100, identifie
         )
     else:
         raise ValueError("unknown index kind %r: use 'brute_force' or 'scann'" % (kind,))
-    index.index_from_dataset(candidates)
+    # ScaNN's builder logs INFO lines through its own absl, which no log level setting reaches.
+    with compat.native_stderr_muted() if kind == "scann" else contextlib.nullcontext():
+        index.index_from_dataset(candidates)
     return index
 
 

@@ -1,6 +1,7 @@
 """Training data, the training loop and batch encoding for the search two-tower model."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence, Union
@@ -9,13 +10,15 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.data.tables import Catalog, Judgments
-from tfrec.log import progress_bars
+from tfrec.log import Progress
 from tfrec.retrieval.model import SearchRetrievalModel
 from tfrec.schedules import WarmupLinearDecay
 from tfrec.training.augment import augment_dataset, is_identity
 from tfrec.training.trainer import Trainer, epoch_seed
 
 tf = compat.tensorflow()
+
+log = logging.getLogger(__name__)
 
 
 def training_pairs(
@@ -193,22 +196,16 @@ def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[np.nda
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
-    if not (enabled and progress_bars()):
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
-
-
 def encode_texts(encoder: Any, texts: Sequence[str], *, batch_size: int = 256, progress: bool = False, desc: str = "encode") -> np.ndarray:
     """Run a text encoder over many strings in length-sorted batches; rows keep the input order."""
     texts = [str(t) for t in texts]
     out = np.zeros((len(texts), encoder.output_dim), np.float32)
     run = tf.function(lambda x: encoder(x, training=False), reduce_retracing=True)
     batches = _length_sorted_batches(texts, batch_size)
-    for rows in _progress(batches, len(batches), desc, progress):
-        out[rows] = run(tf.constant([texts[i] for i in rows])).numpy()
+    with Progress(desc, len(batches), logger=log, unit="batch", show=progress, leave=False) as bar:
+        for rows in batches:
+            out[rows] = run(tf.constant([texts[i] for i in rows])).numpy()
+            bar.update(1)
     return out
 
 

@@ -10,15 +10,25 @@ This module starts that process and turns its JSON report into a :class:`Conform
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from tfrec.log import as_stage, duration
+
 WORKER = Path(__file__).resolve().with_name("conformance_worker.py")
+# What the worker puts before a step line on stderr (conformance_worker.STEP_PREFIX; the worker is
+# never imported here: it must run without tfrec).
+STEP_PREFIX = "tfrec-check-step: "
+
+log = logging.getLogger(__name__)
+export_log = as_stage(log, "export")  # the steps of `tfrec export --check`
 
 
 @dataclass
@@ -135,19 +145,53 @@ def check_export(
     # TFREC_CHECK_PARENT: the worker exits when this process dies (a SIGKILLed export leaves no worker running)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", TFREC_CHECK_PARENT=str(os.getpid()))
     started = time.monotonic()
+    worker = subprocess.Popen(worker_command(export_dir, models, all_versions), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    # Both pipes are read while the worker runs: stderr carries its steps, and a full pipe would stall it.
+    stdout: list[str] = []
+    stderr: list[str] = []
+    readers = [threading.Thread(target=lambda: stdout.append(worker.stdout.read()), daemon=True),
+               threading.Thread(target=_read_steps, args=(worker.stderr, stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
-        done = subprocess.run(worker_command(export_dir, models, all_versions), capture_output=True, text=True,
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        returncode = worker.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
         return ConformanceReport(str(export_dir), problems=["the conformance worker did not finish within %g s" % timeout],
                                  seconds=time.monotonic() - started)
+    finally:
+        for reader in readers:
+            reader.join(timeout=10)
     seconds = time.monotonic() - started
+    out = "".join(stdout).strip()
     try:
-        data = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
+        data = json.loads(out.splitlines()[-1]) if out else None
     except ValueError:
         data = None
-    if done.returncode != 0 or not isinstance(data, dict):
-        tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+    if returncode != 0 or not isinstance(data, dict):
+        tail = " | ".join(stderr[-5:])
         return ConformanceReport(str(export_dir), problems=["the conformance worker exited with code %d and no report: %s"
-                                                            % (done.returncode, tail or "(no output)")], seconds=seconds)
+                                                            % (returncode, tail or "(no output)")], seconds=seconds)
     return _from_worker(str(export_dir), data, seconds)
+
+
+def _read_steps(stream: Any, lines: list[str]) -> None:
+    """Log the worker's steps as they come (``[export] checking search_ranker v3 (2/2) ...``); keep its other lines."""
+    for raw in stream:
+        line = raw.rstrip("\n")
+        if not line.startswith(STEP_PREFIX):
+            if line.strip():
+                lines.append(line.strip())
+                log.debug("check worker: %s", line)
+            continue
+        try:
+            step = json.loads(line[len(STEP_PREFIX):])
+            what = "%s v%s (%s/%s)" % (step["model"], step["version"], step["index"], step["total"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if step.get("event") == "checking":
+            export_log.info("checking %s ...", what)
+        elif step.get("event") == "checked":
+            export_log.info("checked %s: %s in %s", what, "OK" if step.get("ok") else "FAILED", duration(float(step.get("seconds", 0))))

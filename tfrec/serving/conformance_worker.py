@@ -297,20 +297,36 @@ def run(export_dir: str, models: list, all_versions: bool) -> dict:
     for name in models or []:
         if name not in found:
             report["problems"].append("model %r not found under %s (has %s)" % (name, export_dir, sorted(found) or "none"))
-    for name in (models or sorted(found)):
-        for version in (found.get(name, []) if all_versions else found.get(name, [])[-1:]):
-            path = os.path.join(export_dir, name, str(version))
-            try:
-                report["models"].append(check_version(tf, op_def_registry, name, version, path))
-            except Exception as error:  # noqa: BLE001  (one broken version must not hide the others)
-                report["models"].append({"model": name, "version": version, "path": path, "ops": [], "unregistered_ops": [],
-                                         "rejected_ops": [], "signatures": {}, "warmup_records": 0, "warmup_replayed": 0,
-                                         "problems": ["check failed: %s" % _short(error)]})
+    selected = [(name, version) for name in (models or sorted(found))
+                for version in (found.get(name, []) if all_versions else found.get(name, [])[-1:])]
+    for index, (name, version) in enumerate(selected):
+        path = os.path.join(export_dir, name, str(version))
+        started = time.monotonic()
+        step(event="checking", model=name, version=version, index=index + 1, total=len(selected))
+        try:
+            report["models"].append(check_version(tf, op_def_registry, name, version, path))
+        except Exception as error:  # noqa: BLE001  (one broken version must not hide the others)
+            report["models"].append({"model": name, "version": version, "path": path, "ops": [], "unregistered_ops": [],
+                                     "rejected_ops": [], "signatures": {}, "warmup_records": 0, "warmup_replayed": 0,
+                                     "problems": ["check failed: %s" % _short(error)]})
+        step(event="checked", model=name, version=version, index=index + 1, total=len(selected),
+             seconds=round(time.monotonic() - started, 1), ok=not report["models"][-1]["problems"])
     imported = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN_MODULES)
     if imported:
         report["problems"].append("the check imported %s: it must run on TensorFlow and tensorflow-text alone"
                                   % ", ".join(imported))
     return report
+
+
+# Lines on stderr that start with this carry a JSON step ({"event": "checking"|"checked", ...}):
+# the parent (tfrec.serving.conformance) reads them to report progress while the check runs.
+STEP_PREFIX = "tfrec-check-step: "
+
+
+def step(**fields) -> None:
+    """Tell the parent process where the check is (one line on stderr)."""
+    sys.stderr.write(STEP_PREFIX + json.dumps(fields) + "\n")
+    sys.stderr.flush()
 
 
 PARENT_ENV = "TFREC_CHECK_PARENT"

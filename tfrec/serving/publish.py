@@ -31,9 +31,11 @@ except ImportError:  # Windows: no advisory lock; stale folders are then recogni
     fcntl = None  # type: ignore[assignment]
 
 from tfrec.files import write_bytes_atomic
+from tfrec.log import as_stage, duration
 from tfrec.serving.savedmodel import folder_mb, next_version, write_saved_model
 
 log = logging.getLogger(__name__)
+export_log = as_stage(log, "export")  # the steps of `tfrec export`, whichever module runs them
 
 LOCK_FILE = ".tfrec-export.lock"
 JOURNAL_FILE = ".tfrec-publish.json"
@@ -172,10 +174,15 @@ class ExportSet:
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         files = dict(extra_files or {})
         files[MARKER_FILE] = json.dumps(marker, indent=1).encode("utf-8")
+        # Tracing and writing a model with a text encoder takes minutes: say so before and after.
+        step = "%s v%d (%d/%d)" % (name, self.version, len(self._staged), len(self.names))
+        export_log.info("%s: writing the SavedModel ...", step)
+        started = time.monotonic()
         write_saved_model(module, tmp, signatures, warmup, methods, files, options)
         # mkdtemp makes the folder owner-only; a server running as another user must read it.
         os.chmod(tmp, 0o755)
         self._sizes[name] = folder_mb(tmp)
+        export_log.info("%s: written in %s (%.1f MB)", step, duration(time.monotonic() - started), self._sizes[name])
         return model_dir / str(self.version)
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:

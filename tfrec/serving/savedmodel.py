@@ -12,10 +12,13 @@
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from tfrec import compat
+from tfrec.log import verbose
 from tfrec.serving.tensors import make_example, to_tensor_proto
 
 tf = compat.tensorflow()
@@ -127,7 +130,8 @@ def write_saved_model(
 ) -> Path:
     """Write ``module`` as a SavedModel into ``folder`` (signatures, method names, warm-up file, extra files)."""
     folder = Path(folder)
-    tf.saved_model.save(module, str(folder), signatures=dict(signatures), options=options)
+    with _without_keras_metadata_notices():
+        tf.saved_model.save(module, str(folder), signatures=dict(signatures), options=options)
     if methods:
         set_method_names(folder, methods)
     logs = list(warmup)
@@ -139,3 +143,32 @@ def write_saved_model(
         target.write_bytes(data)
     return folder
 
+
+
+# Notices tf.saved_model.save logs about Keras' own revival metadata, which nothing reads: TF
+# Serving loads the signatures, and tfrec rebuilds a run's models from its config and weights.
+# * tfrec's subclassed models take vocabularies, catalog tables and encoders, so Keras stores an
+#   empty config for each ("Model's `__init__()` arguments contain non-serializable objects");
+# * the two-tower model carries its training loss, a TFRS Retrieval task that never runs in an
+#   export and holds no variables ("Skipping full serialization of TF-Keras layer ... not built").
+_KERAS_METADATA_NOTICES = ("arguments contain non-serializable objects", "Skipping full serialization of TF-Keras layer")
+
+
+class _KerasMetadataNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in _KERAS_METADATA_NOTICES)
+
+
+@contextlib.contextmanager
+def _without_keras_metadata_notices() -> Iterator[None]:
+    """Drop the notices above from TensorFlow's logger during a save (``--verbose`` keeps them)."""
+    if verbose():
+        yield
+        return
+    logger, notices = logging.getLogger("tensorflow"), _KerasMetadataNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)

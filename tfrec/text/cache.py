@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 import uuid
@@ -39,10 +40,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tfrec.files import file_sha256, replace_atomic, write_bytes_atomic
-from tfrec.log import progress_bars
+from tfrec.log import Progress
+
+log = logging.getLogger(__name__)
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -324,7 +326,7 @@ def _encode_in_batches(texts: list[str], encode: Encode, batch_size: int, progre
     """Encode ``texts`` in length-sorted batches (similar lengths pad less) and return rows in input order."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: Optional[np.ndarray] = None
-    with tqdm(total=len(texts), desc="encoding texts", unit="text", disable=not (progress and progress_bars())) as bar:
+    with Progress("encoding texts", len(texts), logger=log, unit="text", show=progress) as bar:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             vectors = _checked_batch(encode([texts[i] for i in rows]), len(rows))

@@ -1,15 +1,14 @@
-"""What a training run shows while it runs: a per-epoch progress bar (or one line per epoch) and TensorBoard summaries."""
+"""What a training run shows while it runs: a per-epoch progress bar (off a terminal, a line every ~30 s) and TensorBoard summaries."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, TextIO
+from typing import Callable, Iterator, Mapping, Optional, TextIO
 
 from tfrec import compat
-from tfrec.log import progress_bars
+from tfrec.log import Progress
 
 tf = compat.tensorflow()
 
@@ -27,10 +26,12 @@ def format_logs(logs: Mapping[str, float]) -> str:
 
 
 class EpochProgress:
-    """One epoch's progress: a tqdm bar (loss, examples/s) on a terminal, and a log line with the epoch's numbers at the end.
+    """One epoch's progress (:class:`tfrec.log.Progress`) and a log line with the epoch's numbers at the end.
 
-    The bar draws on ``stream`` (default stderr) when ``show``, the stream is a terminal and
-    :func:`tfrec.log.progress_bars` allows it (not under ``--quiet``).
+    On a terminal (``stream``, default stderr) a tqdm bar with the loss and examples/s draws,
+    when ``show`` and :func:`tfrec.log.progress_bars` allow it (not under ``--quiet``); off a
+    terminal the same numbers come as a ``[training] epoch 1/3: 40/120 step (33%), ...`` line
+    every ~30 s. ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -42,42 +43,31 @@ class EpochProgress:
         initial_step: int = 0,
         show: bool = True,
         stream: Optional[TextIO] = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.epoch, self.epochs = epoch, epochs
         self.show = show
-        self.stream = stream or sys.stderr
         self.examples = 0.0
-        self.started = time.perf_counter()
-        self._bar: Any = None
-        if show and progress_bars() and _is_terminal(self.stream):
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(
-                total=total_steps, initial=initial_step, desc="epoch %d/%d" % (epoch + 1, epochs),
-                unit="step", file=self.stream, dynamic_ncols=True, leave=True,
-            )
+        self.clock = clock
+        self.started = clock()
+        self._first: Optional[tuple[float, float]] = None  # (time, examples) at the end of the first step
+        self._progress = Progress("epoch %d/%d" % (epoch + 1, epochs), total_steps, logger=log, unit="step",
+                                  initial=initial_step, show=show, stream=stream, end_line=False, clock=clock)
 
     def update(self, examples: float, loss: float) -> None:
         """One step done: ``examples`` trained in it, its ``loss``."""
+        now = self.clock()
+        if self._first is None:  # the first step pays for tracing: the rate counts from its end
+            self._first = (now, examples)
         self.examples += examples
-        if self._bar is not None:
-            rate = self.examples / max(time.perf_counter() - self.started, 1e-9)
-            self._bar.set_postfix(loss="%.4g" % loss, examples_s="%.0f" % rate, refresh=False)
-            self._bar.update(1)
+        since, first = self._first
+        rate = (self.examples - first) / (now - since) if now > since else examples / max(now - self.started, 1e-9)
+        self._progress.update(1, {"loss": "%.4g" % loss, "examples/s": "%.0f" % rate})
 
     def close(self, summary: Mapping[str, float]) -> None:
         """End of the epoch: close the bar and log the epoch's numbers once."""
-        if self._bar is not None:
-            self._bar.close()
+        self._progress.close()
         say("epoch %d/%d: %s" % (self.epoch + 1, self.epochs, format_logs(summary)), show=self.show)
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
 
 
 class Summaries:
