@@ -130,6 +130,10 @@ def test_evaluate_search_baselines_on_a_slice(search_slice, text_cfg, minilm):
         ndcgs.append(dcg / ideal if ideal > 0 else 0.0)
     assert result["bm25_stemmed"]["ndcg@10_e2e"] == pytest.approx(np.mean(ndcgs))
     np.testing.assert_allclose(result["per_query"]["bm25_stemmed"]["ndcg@10_e2e"], ndcgs, rtol=1e-6)
+    # Per-query recall (NaN without a positive) for the paired test of tfrec's retrieval against the strongest baseline.
+    per_query_recall = result["per_query"]["bm25_stemmed"]["recall@10"]
+    np.testing.assert_allclose(per_query_recall[~np.isnan(per_query_recall)], recalls, rtol=1e-6)
+    assert all(set(result["per_query"][name]) >= {"recall@10", "recall@100"} for name in BASELINES)
     # Re-ranking BM25's top 100 keeps its recall@100 and only reorders.
     assert result["bm25_rerank_minilm"]["recall@100"] == pytest.approx(result["bm25_stemmed"]["recall@100"])
     assert "ndcg@10_rerank" not in result["bm25_rerank_minilm"]

@@ -164,6 +164,21 @@ def test_evaluate_without_optional_files_says_what_is_missing(tmp_path, in_repo,
     assert "has no metrics.json: its `tfrec train` did not finish" in capsys.readouterr().err
 
 
+def test_data_text_is_unescaped_exactly_once(tmp_path, in_repo):
+    """A title the data holds as "Kitchen &amp; Bath" reads "Kitchen & Bath" on the page: escaped once in the HTML, plain in Markdown."""
+    (tmp_path / "config.yaml").write_text("{}\n")
+    (tmp_path / "metrics.json").write_text(json.dumps(realistic_metrics()))
+    es = toy_eval_set()
+    titles = TITLES.astype(object)
+    titles[7] = "Kitchen &amp; Bath saw"
+    write_per_query(tmp_path / "per_query.npz", es.queries, {"tfrec_search": {"ndcg@10_e2e": VALUES}})
+    write_top_results(tmp_path / "top_results.json", top_results_record(es, TOP, IDS, titles, system="tfrec_search"))
+    report = evaluate_run(tmp_path)
+    html, md = report.html.read_text(encoding="utf-8"), report.html.with_name("report.md").read_text(encoding="utf-8")
+    assert "<li>Kitchen &amp; Bath saw — unjudged</li>" in html and "&amp;amp;" not in html
+    assert "1. Kitchen & Bath saw — unjudged" in md and "&amp;" not in md.split("## Worst queries")[1]
+
+
 def chromium() -> str | None:
     """Debian's chromium (``.ci/run`` installs it where it can), or None."""
     return os.environ.get("TFREC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

@@ -25,6 +25,7 @@ from tfrec.evaluation.search import (
     end_to_end_ndcg,
     perfect_rerank_ndcg,
     random_rerank_ndcg_per_query,
+    recall_at_k_per_query,
     rerank_ndcg,
     retrieval_report,
     seen_products,
@@ -250,8 +251,10 @@ def evaluate_search_baselines(
     per_query: dict = {}
     for name in BASELINES:
         depth = tops[name].shape[1]
-        report = retrieval_report(es, tops[name], [k for k in ks if k <= depth] or [depth])
-        per_query[name] = {"ndcg@10_e2e": end_to_end_ndcg(es, tops[name], 10)[1]}
+        cutoffs = [k for k in ks if k <= depth] or [depth]
+        report = retrieval_report(es, tops[name], cutoffs)
+        per_query[name] = {"ndcg@10_e2e": end_to_end_ndcg(es, tops[name], 10)[1],
+                           **{"recall@%d" % k: v for k, v in recall_at_k_per_query(es, tops[name], cutoffs).items()}}
         if name in pair_scores:
             mean, values = rerank_ndcg(es, pair_scores[name], 10)
             report["ndcg@10_rerank"] = mean

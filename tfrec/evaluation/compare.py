@@ -131,7 +131,7 @@ def format_comparison(rows: list[dict], label_a: str, label_b: str) -> str:
     lines = ["A = %s" % label_a, "B = %s" % label_b, "",
              "%-22s %-22s %-14s %8s %8s %9s %21s %7s %6s" % ("system A", "system B", "metric", "A", "B", "A - B", "95% CI", "p", "n")]
     for r in rows:
-        verdict = "A better" if r["low"] > 0 else ("B better" if r["high"] < 0 else "no clear difference")
+        verdict = "A better" if r["low"] > 0 else ("B better" if r["high"] < 0 else "no measurable difference")
         lines.append("%-22s %-22s %-14s %8.4f %8.4f %+9.4f [%+8.4f, %+8.4f] %7.4f %6d  %s" % (
             r["a"][:22], r["b"][:22], r["metric"][:14], r["mean_a"], r["mean_b"], r["diff"], r["low"], r["high"], r["p_value"], r["n"], verdict))
     if rows and rows[0]["common_rows"] < max(rows[0]["rows_a"], rows[0]["rows_b"]):

@@ -5,7 +5,7 @@
   scores the top k of a whole-catalog ranking with judged gains (unjudged products gain 0). Both
   divide by the ideal DCG@k of the query's judged labels. Queries whose ideal DCG is 0 (every
   judged product has relevance 1; 5 of 1,128 on valid) count as 0 in every mean, as in the
-  README's reference figures (random 0.889, perfect 0.996 on valid) and the issue's targets;
+  dataset's reference figures (random 0.889, perfect 0.996 on valid);
   so no model can reach 1.0 and every system is scored over the same queries.
 - Retrieval positives are judged products with relevance >= ``positive_relevance``; Recall@K
   and MRR average over queries with at least one positive.

@@ -159,7 +159,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(block, Bullets):
             out.append("\n".join("- " + md_line(item) for item in block.items))
         elif isinstance(block, KeyValues):
-            out.append("\n".join("- %s: %s" % (md_code(k), md_escape(v)) for k, v in block.items))
+            out.append("\n".join("- %s: %s" % (md_line(k), md_escape(v)) for k, v in block.items))
         elif isinstance(block, TableBlock):
             lines = _md_table(block.table)
             if block.note:
@@ -189,11 +189,13 @@ p.note, figcaption { color: #59636e; font-size: 13px; }
 table { border-collapse: collapse; margin: 6px 0; font-size: 14px; }
 th, td { padding: 5px 12px; border-bottom: 1px solid #e4e7eb; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; font-weight: 600; border-bottom: 2px solid #d0d7de; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
 tbody tr:hover { background: #fafbfc; }
 td.good { color: #1a7f37; }
 td.bad { color: #cf222e; }
-td.warn { background: #fff4e5; color: #9a3412; }
+td.muted { color: #8c959f; }
+h4 { font-size: 14px; margin: 14px 0 4px; color: #59636e; }
 figure { margin: 14px 0 8px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e4e7eb; border-radius: 4px; }
 code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f3f5f7;

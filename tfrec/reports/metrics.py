@@ -1,4 +1,7 @@
-"""Validate the metrics dict a search run writes (metrics.json) into typed records for the reports."""
+"""Validate the metrics dict a search run writes (metrics.json) into typed records for the reports.
+
+Keys the reports do not show are ignored, so the metrics.json of older tfrec versions still renders.
+"""
 from __future__ import annotations
 
 import math
@@ -48,18 +51,6 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A quality target and whether the run reached it."""
-
-    view: str
-    metric: str
-    system: str
-    target: float
-    value: float | None
-    met: bool | None
-
-
-@dataclass(frozen=True)
 class Export:
     """An exported model: where it went and how large it is."""
 
@@ -81,7 +72,6 @@ class SearchMetrics:
     positive_relevance: float
     systems: tuple[SystemResult, ...]
     significance: tuple[Comparison, ...]
-    targets: tuple[Target, ...]
     timings: dict[str, float]
     training: dict[str, dict[str, Any]]
     exports: tuple[Export, ...]
@@ -191,27 +181,6 @@ def _comparisons(metrics: Mapping[str, Any]) -> tuple[Comparison, ...]:
     return tuple(out)
 
 
-def _targets(metrics: Mapping[str, Any]) -> tuple[Target, ...]:
-    out = []
-    for i, entry in enumerate(_entries(metrics, "targets")):
-        where = "targets[%d]" % i
-        target = _number(_require(entry, "target", where), "%s['target']" % where)
-        if target is None:
-            raise ValueError("%s['target'] must be a number, got %r" % (where, entry["target"]))
-        met = entry.get("met")
-        if met is not None and not isinstance(met, bool):
-            raise ValueError("%s['met'] must be true, false or null, got %r" % (where, met))
-        out.append(Target(
-            view=str(entry.get("view") or ""),
-            metric=str(_require(entry, "metric", where)),
-            system=str(_require(entry, "system", where)),
-            target=target,
-            value=_number(entry.get("value"), "%s['value']" % where),
-            met=met,
-        ))
-    return tuple(out)
-
-
 def _timings(metrics: Mapping[str, Any]) -> dict[str, float]:
     out = {}
     for step, seconds in _mapping(metrics.get("timings") or {}, "metrics['timings']").items():
@@ -271,7 +240,6 @@ def parse_metrics(metrics: Mapping[str, Any]) -> SearchMetrics:
         positive_relevance=DEFAULT_POSITIVE_RELEVANCE if positive is None else positive,
         systems=tuple(_system(str(key), raw) for key, raw in systems.items()),
         significance=_comparisons(metrics),
-        targets=_targets(metrics),
         timings=_timings(metrics),
         training=_training(metrics),
         exports=_exports(metrics),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -19,7 +20,9 @@ from matplotlib.ticker import FixedLocator, NullLocator
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000",
            "#882255", "#999933", "#44AA99", "#AA4499", "#661100")
 INK, MUTED, GRID = "#1f2328", "#59636e", "#e4e7eb"
-MAX_LABEL_CHARS = 44
+LEGEND_WIDTH = 40  # characters per line of a wrapped legend label
+BAR_LABEL_WIDTH = 28  # characters per line of a wrapped bar label
+MAX_LABEL_LINES = 3
 DPI = 110
 
 
@@ -56,13 +59,13 @@ def color_for(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
-def short_label(text: str, limit: int = MAX_LABEL_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, keeping both ends (labels often differ at the end, "... v2")."""
+def wrap_label(text: str, width: int = LEGEND_WIDTH, max_lines: int = MAX_LABEL_LINES) -> str:
+    """``text`` wrapped at word boundaries into lines of about ``width`` characters (words are never cut);
+    beyond ``max_lines`` the last line ends in "…"."""
     text = " ".join(str(text).split())
-    if len(text) <= limit:
+    if len(text) <= width:
         return text
-    tail = limit // 3
-    return text[: limit - tail - 1] + "…" + text[-tail:]
+    return textwrap.fill(text, width=width, max_lines=max_lines, placeholder=" …", break_long_words=False, break_on_hyphens=False)
 
 
 def axis_start_near(values: Sequence[float], floor_step: float = 0.01, margin: float = 0.03) -> float:
@@ -117,7 +120,7 @@ def recall_curves(lines: Sequence[Line], title: str, xlabel: str = "K (cut-off, 
     for line in lines:
         xs, ys = zip(*line.points)
         ax.plot(xs, ys, color=line.color, linestyle="--" if line.dashed else "-", marker="o", markersize=4,
-                linewidth=1.6 if line.dashed else 2.2, label=short_label(line.label))
+                linewidth=1.6 if line.dashed else 2.2, label=wrap_label(line.label))
     if len(ks) > 1:
         ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(ks))
@@ -139,10 +142,13 @@ def bar_panels(rows: Sequence[BarRow], panels: Sequence[Panel], title: str) -> F
         raise ValueError("bar_panels needs at least one row and one panel")
     if any(len(row.values) != len(panels) for row in rows):
         raise ValueError("every row needs one value per panel (%d)" % len(panels))
-    height = 1.0 + 0.34 * len(rows)
+    labels = [wrap_label(row.label, BAR_LABEL_WIDTH) for row in rows]
+    height = 1.0 + sum(max(0.34, 0.17 * (label.count("\n") + 1)) for label in labels)
     fig = _figure(min(4.2 * len(panels) + 3.2, 13.0), max(2.4, height))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    positions = np.arange(len(rows))[::-1]  # first system on top
+    # first system on top; a row is as tall as its wrapped label
+    spans = np.array([max(1.0, 0.5 * (label.count("\n") + 1)) for label in labels])
+    positions = spans.sum() - (np.cumsum(spans) - spans / 2)
     for p, (ax, panel) in enumerate(zip(axes, panels)):
         values = [row.values[p] for row in rows]
         ax.barh(positions, [v if v is not None else 0.0 for v in values], left=0.0, color=[row.color for row in rows],
@@ -153,11 +159,12 @@ def bar_panels(rows: Sequence[BarRow], panels: Sequence[Panel], title: str) -> F
             x = panel.start + 0.01 * span if value is None else min(value, panel.end) + 0.01 * span
             ax.text(x, y, text, va="center", ha="left", fontsize=8, color=MUTED if value is None else INK)
         ax.set_xlim(panel.start, panel.end + 0.14 * span)  # room for the value labels
+        ax.set_ylim(0.0, float(spans.sum()))
         ax.set_title(panel.title, color=INK, fontsize=10, loc="left")
         _style(ax)
         ax.grid(axis="y", visible=False)
     axes[0].set_yticks(positions)
-    axes[0].set_yticklabels([short_label(row.label, 36) for row in rows], fontsize=8, color=INK)
+    axes[0].set_yticklabels(labels, fontsize=8, color=INK)
     fig.suptitle(title, color=INK, fontsize=12, x=0.01, ha="left")
     return fig
 
@@ -182,7 +189,7 @@ def per_query_distribution(series: Mapping[str, np.ndarray], metric: str, unit: 
     for i, label in enumerate(labels):
         values = cleaned[label]
         ax.hist(values, bins=bins, histtype="step", linewidth=2.0, color=color_for(i),
-                label="%s (mean %.3f, %.0f%% at 0)" % (short_label(label, 34), values.mean(), 100 * np.mean(values == 0)))
+                label="%s (mean %.3f, %.0f%% at 0)" % (wrap_label(label, 34), values.mean(), 100 * np.mean(values == 0)))
     ax.set_xlabel(metric, color=INK)
     ax.set_ylabel(unit, color=INK)
     ax.set_title("Distribution of per-%s %s" % (singular(unit), metric), color=INK, fontsize=11, loc="left")
@@ -198,7 +205,7 @@ def per_query_distribution(series: Mapping[str, np.ndarray], metric: str, unit: 
         ax.bar(x, diff, width=1.0, color=colors, linewidth=0)
         ax.axhline(0.0, color=INK, linewidth=0.8)
         worse, better = float(np.mean(diff < 0)), float(np.mean(diff > 0))
-        ax.set_title("Paired difference per %s, sorted:\n%s − %s" % (singular(unit), short_label(labels[0], 30), short_label(labels[1], 30)),
+        ax.set_title("Paired difference per %s, sorted:\n%s\n− %s" % (singular(unit), wrap_label(labels[0], 60, 1), wrap_label(labels[1], 60, 1)),
                      color=INK, fontsize=10, loc="left")
         ax.set_xlabel("%s: %.0f%% worse, %.0f%% equal, %.0f%% better" % (unit, 100 * worse, 100 * (1 - worse - better), 100 * better),
                       color=INK)

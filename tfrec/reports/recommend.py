@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from tfrec.config.schema import Config
+from tfrec.reports.headline import headline_lines, headline_table, recommendation_headline, verdict
 from tfrec.reports.markup import Block, Bullets, Figure, Heading, Paragraph, TableBlock, write_report
 from tfrec.reports.metrics import metric_label
 from tfrec.reports.plots import BarRow, Panel, bar_panels, color_for, to_png
-from tfrec.reports.sections import PER_USER_CHART, TRAINING_CHART, RunExtras, distribution_section, training_section
-from tfrec.reports.tables import Cell, Table, fmt3, fmt_count, fmt_signed
+from tfrec.reports.sections import PER_USER_CHART, TRAINING_CHART, RunExtras, data_text, distribution_section, training_section
+from tfrec.reports.tables import SMALL_GROUP, Cell, Table, fmt3, fmt_count, fmt_signed
 
 RECALL_CHART = "recall_at_k.png"
 NDCG_CHART = "ndcg_at_k.png"
@@ -92,7 +93,7 @@ def interval_table(report: Mapping[str, Any]) -> Table | None:
     rows = []
     for test in tests:
         low, high = _value(test, "low"), _value(test, "high")
-        verdict = "-" if low is None or high is None else "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+        outcome = verdict(low, high)
         confidence = _value(test, "confidence") or 0.95
         interval = "-" if low is None or high is None else "%g%% [%s, %s]" % (confidence * 100, fmt_signed(low), fmt_signed(high))
         p = _value(test, "p_value")
@@ -101,9 +102,57 @@ def interval_table(report: Mapping[str, Any]) -> Table | None:
             Cell(fmt_signed(_value(test, "mean_diff")), numeric=True), Cell(interval, numeric=True),
             Cell("-" if p is None else "< 0.001" if p < 0.001 else "%.3f" % p, numeric=True),
             Cell(fmt_count(_value(test, "n_users")), numeric=True),
-            Cell(verdict, tone={"better": "good", "worse": "bad"}.get(verdict, "")),
+            Cell(outcome, tone={"better": "good", "worse": "bad"}.get(outcome, "")),
         ))
     return Table(("System", "Versus", "Metric", "Mean difference", "Interval", "p-value", "Users", "Verdict"), tuple(rows))
+
+
+def seen_cold_table(report: Mapping[str, Any]) -> Table | None:
+    """One row per system: Recall@10 and NDCG@10 on valid targets seen in training and on cold ones, then the group sizes."""
+    split = report.get("seen_cold")
+    if not isinstance(split, Mapping):
+        return None
+    systems = _systems(report)
+    total, cold = split.get("valid_targets"), split.get("cold_targets")
+    sizes = {"seen": total - cold if isinstance(total, int) and isinstance(cold, int) else None, "cold": cold}
+    columns = [(metric, group) for metric in ("recall@10", "ndcg@10") for group in ("seen", "cold")]
+    rows = []
+    for key, system in systems.items():
+        parts = split.get(key)
+        if not isinstance(parts, Mapping):
+            continue
+        cells = [Cell(str(system.get("label") or key))]
+        for metric, group in columns:
+            n = sizes[group]
+            value = _value(parts.get(group) or {}, metric)
+            cells.append(Cell(fmt3(value), numeric=True, tone="muted" if n is not None and n < SMALL_GROUP else ""))
+        rows.append(tuple(cells))
+    if not rows:
+        return None
+    rows.append((Cell("Users in the group"),) + tuple(Cell(fmt_count(sizes[g]), numeric=True, tone="muted") for _, g in columns))
+    return Table(("System",) + tuple("%s, %s" % (_label(m), g) for m, g in columns), tuple(rows))
+
+
+def _seen_cold(report: Mapping[str, Any]) -> list[Block]:
+    table = seen_cold_table(report)
+    if table is None:
+        return []
+    small = any(cell.tone == "muted" for row in table.rows[:-1] for cell in row)
+    about = ("A valid target is seen when it appears in the training interactions (in a history or as a target); a cold "
+             "target never does, so a model can only reach it through its text.")
+    note = "Grey: a group of fewer than %d users, too few to read a difference from." % SMALL_GROUP if small else ""
+    return [Heading("Seen and cold targets"), Paragraph(((about, ""),)), TableBlock(table, note)]
+
+
+def _headline(report: Mapping[str, Any]) -> list[Block]:
+    rows = recommendation_headline(report)
+    if not rows:
+        return []
+    about = ("The trained model against the strongest baseline on each measure, over the same %s users; the difference "
+             "comes with its paired 95%% interval, and the verdict says better or worse only when that interval excludes 0."
+             % fmt_count(report.get("n_users")))
+    note = "" if all(r.low is not None for r in rows) else "\"-\": this run saved no paired interval for that measure."
+    return [Heading("tfrec vs the strongest baseline"), Paragraph(((about, ""),)), TableBlock(headline_table(rows, "Users"), note)]
 
 
 def _axis_end(values: Sequence[float]) -> float:
@@ -172,9 +221,9 @@ def _conventions(report: Mapping[str, Any]) -> Paragraph:
         "each system's list%s, 0 when absent. On top-%s lists: coverage is the share of the catalog recommended to "
         "anyone; diversity is the mean pairwise cosine distance (1 - cos) of a list's item text vectors, averaged "
         "over users; novelty is the mean -log2 p(item) of recommended items with %s. Intervals: paired bootstrap "
-        "over users of (system - %s)." % (
-            _catalog(report), depth, k, report.get("novelty_smoothing") or "add-one smoothed training popularity",
-            report.get("reference") or "the reference"))
+        "over users of the difference (system - versus); the verdict is better or worse only when the 95%% interval "
+        "excludes 0." % (
+            _catalog(report), depth, k, report.get("novelty_smoothing") or "add-one smoothed training popularity"))
     return Paragraph(((text, ""),), note=True)
 
 
@@ -202,6 +251,9 @@ def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str], e
         Heading(title, level=1),
         Paragraph(((meta, ""),), note=True),
         Paragraph(((exclusion_line(report), "strong"),)),
+    ]
+    blocks += _headline(report)
+    blocks += [
         Heading("Results"),
         TableBlock(metrics_table(report), "Bold: best value of an accuracy column."),
     ]
@@ -212,8 +264,8 @@ def report_blocks(report: Mapping[str, Any], title: str, notes: Sequence[str], e
     blocks += [beyond] if beyond else []
     table = interval_table(report)
     if table is not None:
-        blocks += [Heading("Bootstrap intervals"), TableBlock(table, "Verdict from the interval: better or worse when it excludes 0.")]
-    blocks += _per_user(report, extras) + training_section(extras)
+        blocks += [Heading("All paired comparisons"), TableBlock(table, "Verdict from the 95% interval: better or worse only when it excludes 0.")]
+    blocks += _seen_cold(report) + _per_user(report, extras) + training_section(extras)
     if notes:
         blocks += [Heading("Notes"), Bullets(tuple(str(n) for n in notes))]
     return blocks + [Heading("Metric conventions"), _conventions(report)]
@@ -232,11 +284,9 @@ def report_notes(cfg: Config, metrics: Mapping[str, Any]) -> list[str]:
         % (sel["best_epoch"], sel["epochs_run"], "then re-trained on all training examples" if metrics["training"]["refit"] else "no re-training"),
     ]
     sc = metrics.get("seen_cold", {})
-    model = sc.get(metrics.get("model", ""), {})
-    cold = model.get("cold")
-    notes.append("Valid targets never seen in training (cold, reachable through their text only): %d of %d%s." % (
-        sc.get("cold_targets", 0), sc.get("valid_targets", 0),
-        "; model recall@10 on them %.3f, on seen targets %.3f" % (cold["recall@10"], model["seen"]["recall@10"]) if cold else ""))
+    # the numbers per group are in the seen/cold table, which shows how few the cold targets are
+    notes.append("Valid targets never seen in training (cold, reachable through their text only): %d of %d." % (
+        sc.get("cold_targets", 0), sc.get("valid_targets", 0)))
     similar = metrics.get("similar_items", {})
     if "item tower" in similar:
         notes.append("Similar items (item tower, %s index): the valid target is among the 10 items most similar to the user's newest "
@@ -244,7 +294,7 @@ def report_notes(cfg: Config, metrics: Mapping[str, Any]) -> list[str]:
                          cfg.retrieval.index, similar["item tower"]["recall@10"],
                          "%.3f" % similar["zero-shot text"]["recall@10"] if "zero-shot text" in similar else "n/a"))
         for sample in similar.get("samples", [])[:3]:
-            notes.append("Similar to '%s': %s" % (sample["item"], "; ".join(sample["similar"][:3])))
+            notes.append("Similar to '%s': %s" % (data_text(sample["item"]), "; ".join(data_text(t) for t in sample["similar"][:3])))
     if cfg.data.dataset == "amazon-scientific":
         notes.append("Published context (test split of a larger 8,442-user cut, so a rough guide only): UniSRec recall@10 about "
                      "0.119, MISSRec 0.128 (../shared/datasets/README.md).")
@@ -267,4 +317,5 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     for name, system in metrics["systems"].items():
         lines.append("%-34s" % str(system.get("label", name))[:34] + "".join(
             "%13.4f" % system[c] if isinstance(system.get(c), (int, float)) else "%13s" % "-" for c in columns))
-    return "\n".join(lines)
+    headline = headline_lines(recommendation_headline(metrics), unit="users")
+    return "\n".join(lines + ([""] + headline if headline else []))

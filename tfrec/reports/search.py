@@ -6,20 +6,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from tfrec.reports.markup import Block, Bullets, Figure, Heading, KeyValues, Paragraph, TableBlock, write_report
-from tfrec.reports.metrics import VIEWS, SearchMetrics, metric_label, parse_metrics, recall_cutoff
+from tfrec.reports.details import detail_blocks
+from tfrec.reports.headline import headline_lines, headline_table, ranker_sentence, search_headline
+from tfrec.reports.markup import Block, Bullets, Figure, Heading, Paragraph, TableBlock, write_report
+from tfrec.reports.metrics import VIEWS, SearchMetrics, parse_metrics, recall_cutoff
 from tfrec.reports.plots import BarRow, Line, Panel, axis_start_near, bar_panels, color_for, recall_curves, to_png
 from tfrec.reports.sections import PER_QUERY_CHART, TRAINING_CHART, RunExtras, distribution_section, gallery_section, training_section
 from tfrec.reports.tables import (
-    GAP_FLAG, exports_table, fmt3, fmt_count, fmt_value, seen_cold_table, significance_table, target_outcome,
-    targets_table, timings_table, view_table,
+    SMALL_GROUP, exports_table, fmt3, fmt_count, seen_cold_table, significance_table, small_groups, timings_table, view_table,
 )
 
 RECALL_CHART = "recall_at_k.png"
 NDCG_CHART = "ndcg.png"
 CHARTS = (RECALL_CHART, NDCG_CHART, PER_QUERY_CHART, TRAINING_CHART)
-SUMMARY_COLUMNS = (("E2E NDCG@10", "e2e", "ndcg@10"), ("R@10", "retrieval", "recall@10"), ("R@100", "retrieval", "recall@100"),
-                   ("R@1000", "retrieval", "recall@1000"), ("MRR", "retrieval", "mrr"), ("Re-rank NDCG@10", "rerank", "ndcg@10"))
+SUMMARY_RECALL_CUTOFFS = (10, 100, 1000)  # the summary's recall columns, among those the run evaluated
 _VIEW_WORDS = {"e2e": "end-to-end", "retrieval": "retrieval", "rerank": "re-rank"}
 
 
@@ -151,16 +151,15 @@ def _view_section(report: SearchMetrics, view: str, heading: str, about: str) ->
 
 
 def _seen_cold_section(report: SearchMetrics) -> list[Block]:
-    about = ("Honesty check for the leakage trap: the same metrics split by whether products occur in the training "
-             "judgments (seen) or not (cold); for Recall@K over the seen and over the cold positives, for NDCG over "
-             "queries with at least one seen judged product and over queries whose judged products are all cold. "
-             "Untrained baselines show how much the two groups "
-             "differ anyway; a system whose gap differs from their median gap by %g or more (or, with no baseline "
-             "for that metric, whose own gap is that large) is flagged ⚠: it may be using whether a product was "
-             "seen in training." % GAP_FLAG)
+    about = ("A product is seen when a training judgment names it. NDCG splits the queries: seen queries have at least "
+             "one seen judged product, cold queries have none; Recall@K splits each query's positives into seen and "
+             "cold ones, so a query with both counts in both groups.")
     table = seen_cold_table(report.systems)
-    body: list[Block] = [TableBlock(table)] if table else [_say("No seen/cold split was reported.", note=True)]
-    return [Heading("Seen vs cold"), _say(about)] + body
+    if table is None:
+        return [Heading("Seen and cold queries"), _say(about), _say("No seen/cold split was reported.", note=True)]
+    note = ("Grey: a group of fewer than %d queries, too few to read a difference from." % SMALL_GROUP
+            if small_groups(table) else "")
+    return [Heading("Seen and cold queries"), _say(about), TableBlock(table, note)]
 
 
 def _optional_table(heading: str, table: Any, note: str = "") -> list[Block]:
@@ -172,26 +171,38 @@ def _conventions(report: SearchMetrics) -> list[Block]:
     parts = (
         ("Re-rank metrics order only each query's judged products. NDCG@k uses gain ", ""), ("2^(rel-1) - 1", "code"),
         (" (relevance 1 scores 0, 3 scores 3) and discount ", ""), ("1 / log2(rank + 1)", "code"),
-        (", divided by the DCG of the best ordering of the query's judged products; queries whose judged products "
-         "all have relevance 1 (ideal DCG 0) are left out of NDCG means. Positives are judged products "
-         "with relevance ≥ %s; Recall@K is the share of a query's positives in the top K retrieved from %s, over "
-         "queries with at least one positive, and MRR is the mean reciprocal rank of the first positive. "
+        (", divided by the DCG of the best ordering of the query's judged products. Every query counts in NDCG "
+         "means: a query whose judged products all have relevance 1 (ideal DCG 0) scores 0, so no system can average "
+         "1.0%s. Positives are judged products with relevance ≥ %s; Recall@K is the share of a query's positives in "
+         "the top K retrieved from %s and MRR is the mean reciprocal rank of the first positive, both averaged over the "
+         "queries with at least one positive%s; queries without one are left out of them. "
          "End-to-end NDCG@10 scores the final top 10 from the whole catalog with the same gain, discount and ideal; "
-         "unjudged products count as gain 0, so it understates quality and is not comparable with re-rank NDCG." % (pos, _catalog(report)), ""),
+         "unjudged products count as gain 0, so it understates quality and is not comparable with re-rank NDCG. "
+         "Intervals: a paired bootstrap over queries of the difference tfrec minus baseline; the verdict is better or "
+         "worse only when the 95%% interval excludes 0." % (_perfect(report), pos, _catalog(report), _with_positive(report)), ""),
     )
     return [Heading("Metric conventions"), Paragraph(parts)]
+
+
+def _perfect(report: SearchMetrics) -> str:
+    perfect = next((s.value("rerank", "ndcg@10") for s in report.systems if s.key == "perfect"), None)
+    return "" if perfect is None else " (Perfect order scores %s here)" % fmt3(perfect)
+
+
+def _with_positive(report: SearchMetrics) -> str:
+    n, total = report.n_queries.get("retrieval"), report.n_queries.get("e2e")
+    return "" if n is None or total is None else " (%s of the %s %s queries)" % (fmt_count(n), fmt_count(total), report.split)
 
 
 def _training(report: SearchMetrics, extras: RunExtras) -> list[Block]:
     blocks: list[Block] = []
     for name, details in report.training.items():
-        if details:
-            blocks += [Heading(name[:1].upper() + name[1:], level=3), KeyValues(tuple((str(k), fmt_value(v)) for k, v in details.items()))]
+        blocks += detail_blocks(name, details, skip=("selection",))  # the ranker's selection is the headline's sentence
     return training_section(extras) + ([Heading("Training")] + blocks if blocks else [])
 
 
 def _e2e_baseline(report: SearchMetrics) -> Optional[str]:
-    """The strongest baseline on end-to-end NDCG@10 (what the end-to-end target is measured against)."""
+    """The strongest baseline on end-to-end NDCG@10 (the one tfrec is compared with in the headline)."""
     scored = [(s.value("e2e", "ndcg@10"), s.key) for s in report.systems if s.kind == "baseline" and s.value("e2e", "ndcg@10") is not None]
     return max(scored)[1] if scored else None
 
@@ -202,17 +213,32 @@ def _per_query(report: SearchMetrics, extras: RunExtras) -> list[Block]:
         return []
     keys = [model] + [k for k in [_e2e_baseline(report)] if k]
     systems = [(k, report.label(k)) for k in keys]
-    about = ("Which queries fail: the spread of end-to-end NDCG@10 over the %s valid queries, for tfrec and the baseline "
-             "its target is measured against." % fmt_count(report.n_queries.get("e2e")))
+    about = ("Which queries fail: the spread of end-to-end NDCG@10 over the %s valid queries, for tfrec and the strongest "
+             "baseline on that measure." % fmt_count(report.n_queries.get("e2e")))
     blocks = distribution_section(extras, systems, "ndcg@10_e2e", "Per-query results", about, PER_QUERY_CHART)
     return blocks + gallery_section(extras.worst, "NDCG@10", report.label(model), extras.missing)
+
+
+def _headline(report: SearchMetrics) -> list[Block]:
+    rows = search_headline(report)
+    sentence = ranker_sentence(report.training)
+    if not rows and not sentence:
+        return []
+    blocks: list[Block] = [Heading("tfrec vs the strongest baseline")]
+    if rows:
+        blocks += [_say("For each measure, tfrec against the strongest baseline measured in the same run on the same %s "
+                        "queries; the difference comes with its paired 95%% interval, and the verdict says better or worse "
+                        "only when that interval excludes 0." % report.split),
+                   TableBlock(headline_table(rows), "" if all(r.low is not None for r in rows) else
+                              "\"-\": this run saved no paired interval for that measure (runs of older tfrec versions).")]
+    return blocks + ([Paragraph(((sentence, "strong"),))] if sentence else [])
 
 
 def report_blocks(report: SearchMetrics, extras: Optional[RunExtras] = None) -> list[Block]:
     """The whole report, in reading order; ``extras`` adds per-query charts, the worst queries and training curves."""
     extras = extras or RunExtras()
     blocks: list[Block] = [Heading(_title(report), level=1), _meta(report)]
-    blocks += _optional_table("Targets", targets_table(report))
+    blocks += _headline(report)
     blocks += _view_section(report, "e2e", "End-to-end search", "Each system retrieves from %s and its final top 10 is "
                             "scored with NDCG@10; unjudged products count as gain 0." % _catalog(report))
     blocks += _view_section(report, "retrieval", "Retrieval", "Recall@K and MRR over %s." % _catalog(report))
@@ -222,8 +248,9 @@ def report_blocks(report: SearchMetrics, extras: Optional[RunExtras] = None) -> 
     ndcg = ndcg_figure(report)
     blocks += [ndcg] if ndcg else []
     blocks += _seen_cold_section(report)
-    blocks += _optional_table("Significance", significance_table(report),
-                              "Paired over queries: mean of (system − versus). Verdict from the interval when given, else p < 0.05.")
+    blocks += _optional_table("All paired comparisons", significance_table(report),
+                              "Paired over queries: mean of (system − versus) with its 95% interval; better or worse only "
+                              "when the interval excludes 0.")
     blocks += _per_query(report, extras)
     blocks += _optional_table("Timings", timings_table(report.timings))
     blocks += _training(report, extras)
@@ -243,21 +270,29 @@ def _plain(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _summary_columns(report: SearchMetrics) -> list[tuple[str, str, str]]:
+    """(header, view, metric) of the summary: end-to-end NDCG@10, the recall cut-offs the run evaluated, MRR, re-rank NDCG@10."""
+    evaluated = {recall_cutoff(name) for s in report.systems for name in s.views.get("retrieval", {})} - {None}
+    shown = [k for k in SUMMARY_RECALL_CUTOFFS if k in evaluated]
+    if evaluated and max(evaluated) not in shown:
+        shown.append(max(evaluated))  # the deepest cut-off evaluated, whatever evaluation.ks holds
+    return ([("E2E NDCG@10", "e2e", "ndcg@10")] + [("R@%d" % k, "retrieval", "recall@%d" % k) for k in shown]
+            + [("MRR", "retrieval", "mrr"), ("Re-rank NDCG@10", "rerank", "ndcg@10")])
+
+
 def summary_table(metrics: Mapping[str, Any]) -> str:
-    """A fixed-width table, one row per system, then one line per target with met/missed."""
+    """A fixed-width table, one row per system, then tfrec against the strongest baseline and whether the ranker was kept."""
     report = parse_metrics(metrics)
+    columns = _summary_columns(report)
     label_w = min(40, max(len("System"), *(len(" ".join(s.label.split())) for s in report.systems)))
-    widths = [max(len(name), 6) for name, _, _ in SUMMARY_COLUMNS]
-    header = "%-*s  %s" % (label_w, "System", "  ".join("%*s" % (w, name) for w, (name, _, _) in zip(widths, SUMMARY_COLUMNS)))
+    widths = [max(len(name), 6) for name, _, _ in columns]
+    header = "%-*s  %s" % (label_w, "System", "  ".join("%*s" % (w, name) for w, (name, _, _) in zip(widths, columns)))
     lines = ["Search results: %s, %s split" % (report.dataset, report.split), header, "-" * len(header)]
     for system in report.systems:
-        values = ("%*s" % (w, fmt3(system.value(view, metric))) for w, (_, view, metric) in zip(widths, SUMMARY_COLUMNS))
+        values = ("%*s" % (w, fmt3(system.value(view, metric))) for w, (_, view, metric) in zip(widths, columns))
         lines.append("%-*s  %s" % (label_w, _plain(system.label, label_w), "  ".join(values)))
-    if report.targets:
-        lines.append("Targets:")
-        for t in report.targets:
-            lines.append("  %-8s %s %s of %s: %s (target %s)" % (
-                target_outcome(t), _VIEW_WORDS.get(t.view, t.view), metric_label(t.metric),
-                _plain(report.label(t.system), 60), fmt3(t.value), fmt3(t.target)))
-    return "\n".join(lines)
-
+    headline = headline_lines(search_headline(report))
+    sentence = ranker_sentence(report.training)
+    if headline or sentence:
+        lines.append("")
+    return "\n".join(lines + headline + ([sentence] if sentence else []))

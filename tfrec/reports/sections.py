@@ -4,6 +4,7 @@ TensorBoard training logs and the top results of the worst queries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from html import unescape
 from typing import Optional, Sequence
 
 import numpy as np
@@ -65,6 +66,18 @@ def _label(value: Optional[float]) -> str:
     return "unjudged" if value is None else "relevance %.2f" % value
 
 
+def data_text(text: str) -> str:
+    """Text from the user's data as it should read: HTML entities in the data ("Kitchen &amp; Bath") decoded once.
+
+    The renderers escape everything they write, so decoding here (and nowhere else) shows each entity exactly once.
+    """
+    return unescape(str(text))
+
+
+def _product(pid: str, title: str, label: Optional[float]) -> str:
+    return "%s — %s" % (data_text(title) if title else pid, _label(label))
+
+
 def gallery_section(worst: Sequence[FailedQuery], metric: str, system_label: str, missing: Sequence[str] = ()) -> list[Block]:
     """Cards of the worst queries: what the system returned (with judged labels) and the best judged products it missed."""
     if not worst:
@@ -72,10 +85,10 @@ def gallery_section(worst: Sequence[FailedQuery], metric: str, system_label: str
         return [Heading("Worst queries"), _say(reason, note=True)] if reason else []
     cards = []
     for item in worst:
-        lists = [("Returned (top %d)" % len(item.top), tuple("%s — %s" % (title or pid, _label(label)) for pid, title, label in item.top))]
+        lists = [("Returned (top %d)" % len(item.top), tuple(_product(*entry) for entry in item.top))]
         if item.missed:
-            lists.append(("Judged but not in its top results", tuple("%s — %s" % (title or pid, _label(label)) for pid, title, label in item.missed)))
-        cards.append(Card('"%s"' % item.query, "%s %.3f; %d judged products, %d relevant" % (metric, item.value, item.n_judged, item.n_positive),
+            lists.append(("Judged but not in its top results", tuple(_product(*entry) for entry in item.missed)))
+        cards.append(Card('"%s"' % data_text(item.query), "%s %.3f; %d judged products, %d relevant" % (metric, item.value, item.n_judged, item.n_positive),
                           tuple(lists)))
     about = ("The %d valid queries where %s scores lowest on %s (ties: most relevant judged products first), with what it "
              "returned and the best-judged products it did not return. Unjudged results count as gain 0, so some of them "

@@ -1,22 +1,20 @@
 """The report's tables as plain data (cells with bold/tone marks), shared by the Markdown and HTML output."""
 from __future__ import annotations
 
-import json
-import statistics
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from tfrec.reports.metrics import Export, SearchMetrics, SystemResult, Target, metric_label, metric_sort_key
+from tfrec.reports.metrics import Export, SearchMetrics, SystemResult, metric_label, metric_sort_key
 
 MISSING = "-"
-# A seen-vs-cold gap this much larger (or smaller) than the untrained baselines' gap gets flagged.
-GAP_FLAG = 0.05
+# Groups of fewer queries (or users) than this are greyed in the seen/cold tables: too few to read a difference from.
+SMALL_GROUP = 30
 VIEW_NAMES = {"e2e": "End-to-end", "retrieval": "Retrieval", "rerank": "Re-rank"}
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: display text, whether it is a number, bold, and a tone ("good", "bad", "warn")."""
+    """One table cell: display text, whether it is a number, bold, and a tone ("good", "bad", "muted")."""
 
     text: str
     numeric: bool = False
@@ -60,15 +58,17 @@ def fmt_duration(seconds: float) -> str:
 
 
 def fmt_value(value: Any) -> str:
-    """A free-form training detail as short text."""
+    """A free-form training detail as short text: lists as "a, b", mappings as "key value, ..."."""
     if value is None:
         return MISSING
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return "yes" if value else "no"
     if isinstance(value, float):
         return "%.6g" % value
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, default=str, separators=(", ", ": "))
+    if isinstance(value, Mapping):
+        return ", ".join("%s %s" % (k, fmt_value(v)) for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt_value(v) for v in value) or "none"
     return str(value)
 
 
@@ -110,50 +110,52 @@ def view_table(systems: Sequence[SystemResult], view: str) -> Table | None:
     return Table(("System", "Kind") + tuple(metric_label(n) for n in names), tuple(rows))
 
 
-def _group_rows(systems: Sequence[SystemResult]) -> list[tuple[SystemResult, str, str, float | None, float | None, float | None, float | None]]:
-    rows = []
+def _group_metric(systems: Sequence[SystemResult], view: str, preferred: str) -> str | None:
+    names = {n for s in systems for g in s.groups.get(view, {}).values() for n in g if n != "n_queries"}
+    if preferred in names:
+        return preferred
+    recalls = sorted((int(n.split("@")[1]), n) for n in names if n.startswith("recall@") and n.split("@")[1].isdigit())
+    return recalls[-1][1] if view == "retrieval" and recalls else None
+
+
+def _group_count(systems: Sequence[SystemResult], view: str, group: str) -> float | None:
     for system in systems:
-        for view, groups in system.groups.items():
-            seen, cold = groups.get("seen", {}), groups.get("cold", {})
-            names = [n for n in dict.fromkeys(list(seen) + list(cold)) if n != "n_queries"]
-            for name in sorted(names, key=metric_sort_key):
-                rows.append((system, view, name, seen.get(name), cold.get(name), seen.get("n_queries"), cold.get("n_queries")))
-    return rows
-
-
-def _gap_cell(value: float | None, flagged: bool) -> Cell:
-    if not flagged:
-        return Cell(fmt_signed(value), numeric=True)
-    return Cell("⚠ " + fmt_signed(value), numeric=True, bold=True, tone="warn")
+        n = system.groups.get(view, {}).get(group, {}).get("n_queries")
+        if n is not None:
+            return n
+    return None
 
 
 def seen_cold_table(systems: Sequence[SystemResult]) -> Table | None:
-    """Seen vs cold metrics per system and view, with each gap compared to the baselines' gap."""
-    rows = _group_rows(systems)
+    """One row per system: each view's headline metric on seen and on cold queries, then a row of group sizes."""
+    columns = []
+    for view, preferred in (("e2e", "ndcg@10"), ("retrieval", "recall@100"), ("rerank", "ndcg@10")):
+        name = _group_metric(systems, view, preferred)
+        if name is not None:
+            # re-rank groups are the end-to-end ones (the same queries); older runs saved their size only there
+            counts = {g: _group_count(systems, view, g) or (_group_count(systems, "e2e", g) if view == "rerank" else None)
+                      for g in ("seen", "cold")}
+            columns += [(view, name, g, counts[g]) for g in ("seen", "cold")]
+    rows = []
+    for system in systems:
+        if not any(system.groups.get(view, {}).get(g, {}).get(name) is not None for view, name, g, _ in columns):
+            continue
+        cells = [Cell(system.label)]
+        for view, name, group, n in columns:
+            value = system.groups.get(view, {}).get(group, {}).get(name)
+            cells.append(Cell(fmt3(value), numeric=True, tone="muted" if n is not None and n < SMALL_GROUP else ""))
+        rows.append(tuple(cells))
     if not rows:
         return None
-    baseline_gaps: dict[tuple[str, str], list[float]] = {}
-    for system, view, name, seen, cold, _, _ in rows:
-        if system.kind == "baseline" and seen is not None and cold is not None:
-            baseline_gaps.setdefault((view, name), []).append(seen - cold)
-    out = []
-    for system, view, name, seen, cold, n_seen, n_cold in rows:
-        gap = None if seen is None or cold is None else seen - cold
-        reference = baseline_gaps.get((view, name))
-        excess = None
-        if gap is not None and reference and system.kind != "baseline":
-            excess = gap - statistics.median(reference)
-        # without a baseline to compare with, the raw gap is the only honesty signal left
-        flagged = (excess is not None and abs(excess) >= GAP_FLAG) or (not reference and gap is not None and abs(gap) >= GAP_FLAG)
-        out.append((
-            Cell(system.label), Cell(VIEW_NAMES.get(view, view)), Cell(metric_label(name)),
-            Cell(fmt3(seen), numeric=True), Cell(fmt3(cold), numeric=True),
-            _gap_cell(gap, flagged and excess is None),
-            _gap_cell(excess, flagged and excess is not None),
-            Cell("%s / %s" % (fmt_count(n_seen), fmt_count(n_cold)), numeric=True),
-        ))
-    header = ("System", "View", "Metric", "Seen", "Cold", "Seen − cold", "Gap − baselines' gap", "Queries seen / cold")
-    return Table(header, tuple(out))
+    rows.append((Cell("Queries in the group"),) + tuple(
+        Cell(fmt_count(n), numeric=True, tone="muted") for _, _, _, n in columns))
+    header = ("System",) + tuple("%s %s, %s" % (VIEW_NAMES[view], metric_label(name), group) for view, name, group, _ in columns)
+    return Table(header, tuple(rows))
+
+
+def small_groups(table: Table) -> bool:
+    """Whether a seen/cold table greyed any group for having fewer than :data:`SMALL_GROUP` members."""
+    return any(cell.tone == "muted" for row in table.rows[:-1] for cell in row)
 
 
 def significance_table(report: SearchMetrics) -> Table | None:
@@ -162,12 +164,8 @@ def significance_table(report: SearchMetrics) -> Table | None:
         return None
     rows = []
     for c in report.significance:
-        if c.low is not None and c.high is not None:
-            verdict = "better" if c.low > 0 else "worse" if c.high < 0 else "no clear difference"
-        elif c.p_value is not None and c.mean_diff is not None:
-            verdict = ("better" if c.mean_diff > 0 else "worse") if c.p_value < 0.05 else "no clear difference"
-        else:
-            verdict = MISSING
+        verdict = MISSING if c.low is None or c.high is None else (
+            "better" if c.low > 0 else "worse" if c.high < 0 else "no measurable difference")
         interval = MISSING if c.low is None or c.high is None else "[%s, %s]" % (fmt_signed(c.low), fmt_signed(c.high))
         if c.confidence is not None and interval != MISSING:
             interval = "%g%% %s" % (c.confidence * 100 if c.confidence <= 1 else c.confidence, interval)
@@ -178,30 +176,6 @@ def significance_table(report: SearchMetrics) -> Table | None:
             Cell(_p_value(c.p_value), numeric=True), Cell(fmt_count(c.n_queries), numeric=True), Cell(verdict, tone=tone),
         ))
     return Table(("System", "Versus", "View", "Metric", "Mean difference", "Interval", "p-value", "Queries", "Verdict"), tuple(rows))
-
-
-def target_outcome(target: Target) -> str:
-    """"met", "missed" or "no value", trusting the run's own verdict when it gave one."""
-    if target.met is not None:
-        return "met" if target.met else "missed"
-    if target.value is None:
-        return "no value"
-    return "met" if target.value >= target.target else "missed"
-
-
-def targets_table(report: SearchMetrics) -> Table | None:
-    """Each target with the reached value and met/missed."""
-    if not report.targets:
-        return None
-    rows = []
-    for t in report.targets:
-        outcome = target_outcome(t)
-        rows.append((
-            Cell(report.label(t.system)), Cell(VIEW_NAMES.get(t.view, t.view)), Cell(metric_label(t.metric)),
-            Cell(fmt3(t.target), numeric=True), Cell(fmt3(t.value), numeric=True),
-            Cell(outcome, bold=True, tone={"met": "good", "missed": "bad"}.get(outcome, "")),
-        ))
-    return Table(("System", "View", "Metric", "Target", "Value", "Result"), tuple(rows))
 
 
 def timings_table(timings: dict[str, float]) -> Table | None:

@@ -13,7 +13,8 @@ import numpy as np
 from tfrec.baselines.recommend import baseline_tops
 from tfrec.config.schema import Config
 from tfrec.data.tables import RecommendationData
-from tfrec.evaluation.recommend import item_counts, rank_metrics, recommendation_report, top_k_from_vectors
+from tfrec.evaluation.recommend import CI_METRICS, item_counts, rank_metrics, recommendation_report, top_k_from_vectors
+from tfrec.evaluation.search import paired_bootstrap
 from tfrec.recommend import train as rt
 from tfrec.recommend.metrics import RankingMetrics, SeenCold
 from tfrec.recommend.model import SequentialRecommender
@@ -50,9 +51,29 @@ def evaluate_recommender(config: Config, data: RecommendationData, model: Sequen
     report = recommendation_report(systems, valid.targets, config.evaluation.ks, text, counts, n_items,
                                    exclude_history=rc.exclude_history, reference=reference,
                                    n_resamples=config.evaluation.bootstrap_resamples, seed=config.run.seed, per_user=per_user)
+    report["significance"] += versus_strongest(report, per_user, name, config.evaluation.bootstrap_resamples, config.run.seed)
     seen = np.zeros(n_items, bool)
     seen[np.unique(np.concatenate([data.train.items, data.train.targets]))] = True
     return Evaluation(RankingMetrics.from_report(report), seen_cold(systems, valid.targets, seen), name, per_user)
+
+
+def versus_strongest(report: Mapping[str, Any], per_user: Mapping[str, Mapping[str, np.ndarray]], model: str,
+                     n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Paired bootstrap of ``model`` against the strongest baseline on each interval metric, where that baseline is not
+    the report's reference (the reference comparison is already in the report)."""
+    out = []
+    for metric in CI_METRICS:
+        scored = [(entry[metric], key) for key, entry in report["systems"].items()
+                  if entry.get("kind") == "baseline" and np.isfinite(entry.get(metric, np.nan))]
+        if not scored:
+            continue
+        best = max(scored)[1]
+        if best == report["reference"] or metric not in per_user.get(best, {}) or metric not in per_user.get(model, {}):
+            continue
+        test = paired_bootstrap(per_user[model][metric], per_user[best][metric], n_resamples=n_resamples, seed=seed)
+        out.append({"system": model, "versus": best, "metric": metric, "mean_diff": test["mean_diff"], "low": test["low"],
+                    "high": test["high"], "p_value": test["p_value"], "n_users": test["n_queries"], "confidence": 0.95})
+    return out
 
 
 def seen_cold(systems: Mapping[str, Mapping[str, Any]], targets: np.ndarray, seen: np.ndarray) -> SeenCold:

@@ -2,7 +2,7 @@
 
 Views: retrieval recall/MRR over the whole catalog, end-to-end NDCG@10 (top-k retrieved then
 ranked), re-rank NDCG of the judged products, each with seen/cold splits; paired bootstrap of
-tfrec against the strongest baseline; the quality targets; the tuning and untouched halves.
+tfrec against the strongest baseline of each view; the tuning and untouched halves.
 """
 from __future__ import annotations
 
@@ -21,15 +21,6 @@ from tfrec.search.stages.ranker import RankedValid, Ranker
 from tfrec.search.stages.towers import Towers
 from tfrec.search.stages.views import e2e_view, retrieval_view
 
-# Quality targets, as the search issue defines them: per view, the strongest of these baselines
-# (measured in the same run) plus a margin. The z-scored hybrid baseline counts for the end-to-end
-# view only; the other views compare with the single-signal baselines (it is still reported).
-SINGLE = ("bm25", "bm25_stemmed", "minilm_zero_shot")
-TARGETS = {
-    "e2e": ("ndcg@10", 0.05, SINGLE + ("hybrid_bm25_minilm", "bm25_rerank_minilm")),
-    "retrieval": ("recall@100", 0.05, SINGLE),
-    "rerank": ("ndcg@10", 0.005, SINGLE),
-}
 BASELINE_LABELS = {
     "bm25": "BM25 (bm25s)", "bm25_stemmed": "Stemmed BM25 (bm25s + PyStemmer)",
     "minilm_zero_shot": "Zero-shot MiniLM cosine", "hybrid_bm25_minilm": "Hybrid: z(stemmed BM25) + z(MiniLM)",
@@ -74,24 +65,6 @@ class Significance:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A quality target: the strongest baseline plus a margin, and whether the tfrec system met it."""
-
-    view: str
-    metric: str
-    system: str
-    target: float
-    value: float
-    met: bool
-    strongest_baseline: str
-
-    def to_json(self) -> dict:
-        """One entry of metrics.json's ``targets``."""
-        return _jsonable({"view": self.view, "metric": self.metric, "system": self.system, "target": self.target,
-                          "value": self.value, "met": self.met, "strongest_baseline": self.strongest_baseline})
-
-
-@dataclass(frozen=True)
 class Half:
     """End-to-end NDCG@10 and hybrid recall@100 on one half of valid (NaN when the half is empty)."""
 
@@ -116,7 +89,6 @@ class SearchMetrics:
     catalog_size: int
     systems: dict[str, SystemMetrics]
     significance: list[Significance]
-    targets: list[Target]
     timings: dict[str, float]
     training: dict
     hybrid_weight_trials: list[dict]
@@ -131,7 +103,6 @@ class SearchMetrics:
             "n_queries": self.n_queries, "catalog_size": self.catalog_size,
             "systems": {name: system.to_json() for name, system in self.systems.items()},
             "significance": [s.to_json() for s in self.significance],
-            "targets": [t.to_json() for t in self.targets],
             "timings": self.timings,
             "training": self.training,
             "hybrid_weight_trials": self.hybrid_weight_trials,
@@ -154,7 +125,7 @@ class SearchEvaluation:
 def evaluate_search(ctx: SearchContext, queries: QuerySplits, baselines: Optional[dict], towers: Towers, hybrid: HybridChoice,
                     retrieval: ValidRetrieval, ranker: Ranker, ranked: RankedValid, cross: Optional[CrossEncoderResult],
                     previous_valid: Optional[dict]) -> SearchEvaluation:
-    """Every system's views on valid, significance, targets and halves; the training records of the run."""
+    """Every system's views on valid, tfrec against the strongest baselines, halves; the training records of the run."""
     cfg, es = ctx.cfg, queries.valid
     ks = sorted(cfg.evaluation.ks)
     systems: dict[str, SystemMetrics] = {}
@@ -175,8 +146,10 @@ def evaluate_search(ctx: SearchContext, queries: QuerySplits, baselines: Optiona
     rerank_mean, rerank_values = ev.rerank_ndcg(es, ranked.judged_scores, 10)
     rerank5, _ = ev.rerank_ndcg(es, ranked.judged_scores, 5)
     rerank = {"ndcg@5": rerank5, "ndcg@10": rerank_mean, **_split(es, rerank_values, "ndcg@10")}
-    systems["tfrec_search"] = SystemMetrics("tfrec search: hybrid top-%d + ranker" % cfg.retrieval.top_k, "tfrec",
-                                            None, e2e_view(final_report), rerank)
+    # A ranker that did not beat retrieval on the tuning half is not served: the search is then retrieval order
+    # (its re-rank view still scores the judged products, as the exported ranker does for clients' own lists).
+    label = ("tfrec search: hybrid top-%d + ranker" if ranker.kept else "tfrec search: hybrid top-%d (ranker not kept)")
+    systems["tfrec_search"] = SystemMetrics(label % cfg.retrieval.top_k, "tfrec", None, e2e_view(final_report), rerank)
     per_query["tfrec_search"] = {"ndcg@10_e2e": ev.end_to_end_ndcg(es, final_top, 10)[1], "ndcg@10_rerank": rerank_values}
     if cross is not None:
         c_mean, c_values = ev.rerank_ndcg(es, cross.judged_scores, 10)
@@ -190,7 +163,6 @@ def evaluate_search(ctx: SearchContext, queries: QuerySplits, baselines: Optiona
     for name, top in (("tfrec_two_tower", dense_only), ("tfrec_hybrid", valid_top)):
         per_query[name] = {"recall@%d" % k: v for k, v in ev.recall_at_k_per_query(es, top, [k for k in ks if k <= top.shape[1]]).items()}
     significance = _significance(systems, per_query, cfg.evaluation.bootstrap_resamples, cfg.run.seed)
-    targets = _targets(systems)
     halves = _halves(queries, valid_top, final_top)
     weights = hybrid.weights.as_dict()
     ranker_info = ranker.info
@@ -198,11 +170,10 @@ def evaluate_search(ctx: SearchContext, queries: QuerySplits, baselines: Optiona
         "Valid split (%d queries); nothing here trained on it. The hybrid weights %s were chosen on a seeded "
         "tuning half of valid (%d queries, by recall@%d over the catalog); the other half (%d queries) is "
         "untouched: end-to-end NDCG@10 there %.4f (tuning half %.4f), recall@100 there %.4f (tuning half %.4f)."
-        % (es.n_queries, weights, int(queries.tune.sum()), cfg.retrieval.top_k, int(queries.holdout.sum()),
+        % (es.n_queries, "(%s)" % ", ".join("%s %g" % item for item in weights.items()), int(queries.tune.sum()), cfg.retrieval.top_k, int(queries.holdout.sum()),
            halves["holdout"].e2e_ndcg_10, halves["tune"].e2e_ndcg_10, halves["holdout"].recall_100, halves["tune"].recall_100),
-        "Seen/cold: a product is 'seen' if any training judgment names it; cold products take the text path "
-        "(their id embedding is exactly zero). Compare the seen and cold columns: a model that used "
-        "'unseen in training' as a signal would show it there.",
+        "Products that no training judgment names (cold) are scored through their text alone: their id embedding "
+        "is exactly zero.",
         "The ranker trained on %d held-out training queries (not used by the two towers). Its loss (%s) and the "
         "weight of the catalog-z-scored two-tower score added to its score (%g) were chosen on the same tuning half."
         % (ranker_info["lists"], ranker_info["loss"], ranker_info["dense_fusion"]["weight"]),
@@ -212,7 +183,7 @@ def evaluate_search(ctx: SearchContext, queries: QuerySplits, baselines: Optiona
         dataset=ctx.data.name, split="valid", run_name=cfg.run.name, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         n_queries={"rerank": es.n_queries, "retrieval": hybrid_report["n_queries"], "e2e": es.n_queries},
         catalog_size=len(ctx.data.catalog),
-        systems=systems, significance=significance, targets=targets,
+        systems=systems, significance=significance,
         timings=dict(ctx.timer.seconds),
         training={
             "retrieval": {**retrieval_info, "hybrid_weights": weights},
@@ -240,31 +211,32 @@ def _halves(queries: QuerySplits, valid_top: np.ndarray, final_top: np.ndarray) 
     return out
 
 
+def headline_recall(metrics: dict) -> Optional[str]:
+    """The retrieval view's headline metric among a system's retrieval metrics: recall@100, else its deepest recall@K."""
+    cutoffs = sorted(int(name.split("@")[1]) for name in metrics if name.startswith("recall@"))
+    if not cutoffs:
+        return None
+    return "recall@100" if 100 in cutoffs else "recall@%d" % cutoffs[-1]
+
+
 def _significance(systems: dict[str, SystemMetrics], per_query: dict, resamples: int, seed: int) -> list[Significance]:
+    """Paired bootstrap of each tfrec system against the strongest baseline of its view, on the view's headline metric."""
+    eligible = tuple(BASELINE_LABELS)
+    hybrid = systems.get("tfrec_hybrid")
+    recall = headline_recall(hybrid.retrieval or {}) if hybrid is not None else None
+    plans = [("e2e", "ndcg@10", "ndcg@10_e2e", ("tfrec_search", "tfrec_cross_encoder")),
+             ("retrieval", recall, recall, ("tfrec_hybrid",)),
+             ("rerank", "ndcg@10", "ndcg@10_rerank", ("tfrec_search", "tfrec_cross_encoder"))]
     out = []
-    views = {"e2e": "ndcg@10_e2e", "rerank": "ndcg@10_rerank"}
-    for view, key in views.items():
-        best = _best_baseline(systems, view, "ndcg@10", TARGETS[view][2])
+    for view, metric, key, candidates in plans:
+        best = _best_baseline(systems, view, metric, eligible) if metric else None
         if best is None:
             continue
-        for system in ("tfrec_search", "tfrec_cross_encoder"):
-            if system in per_query and key in per_query.get(best, {}):
+        for system in candidates:
+            # a baseline saved without per-query values for this metric has no paired test
+            if system in per_query and key in per_query[system] and key in per_query.get(best, {}):
                 result = ev.paired_bootstrap(per_query[system][key], per_query[best][key], resamples, seed)
-                out.append(Significance(view, system, best, "ndcg@10", result, int(np.sum(~np.isnan(per_query[system][key])))))
-    return out
-
-
-def _targets(systems: dict[str, SystemMetrics]) -> list[Target]:
-    out = []
-    for view, (metric, margin, eligible) in TARGETS.items():
-        best = _best_baseline(systems, view, metric, eligible)
-        system = "tfrec_hybrid" if view == "retrieval" else "tfrec_search"
-        values = systems[system].view(view) if system in systems else None
-        if best is None or values is None or metric not in values:
-            continue
-        target = systems[best].view(view)[metric] + margin
-        value = values[metric]
-        out.append(Target(view, metric, system, round(target, 4), value, bool(value >= target), best))
+                out.append(Significance(view, system, best, metric, result, int(result["n_queries"])))
     return out
 
 
