@@ -192,8 +192,10 @@ def test_a_run_with_catalog_columns_trains_both_models_on_them_and_its_report_li
     # The report's run line names the columns; its training section lists each model's.
     report = run.report_markdown.read_text(encoding="utf-8")
     assert "catalog columns in the models: price (numeric), brand (categorical)" in report
-    lines = [line for line in report.splitlines() if "catalog_columns" in line]
-    assert len(lines) == 2 and all("price" in line and "brand" in line for line in lines), lines
+    training = report[report.index("## Training"):]
+    lines = [line for line in training.splitlines() if line.lower().lstrip("-* ").startswith("catalog columns")]
+    # One line per kind, for each of the two models (the two towers and the ranker).
+    assert sorted(lines) == sorted(["- Catalog columns: Numeric: price", "- Catalog columns: Categorical: brand"] * 2), lines
 
 
 def test_the_ranker_scores_catalog_columns_alike_in_training_and_in_the_exported_model(shop, column_run, tmp_path):

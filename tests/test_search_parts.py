@@ -12,7 +12,7 @@ from tfrec.evaluation.search import SearchEvalSet
 from tfrec.evaluation.zscore import ZSCORE_EPSILON, zscore
 from tfrec.search.hybrid import HybridWeights, hybrid_scores, tune_weights
 from tfrec.search.ranker_data import judged_lists, training_lists
-from tfrec.search.stages.evaluation import Half, SearchMetrics, SystemMetrics, Target
+from tfrec.search.stages.evaluation import Half, SearchMetrics, SystemMetrics, headline_recall
 from tfrec.search.stages.queries import rank_candidates, split_eval_queries, split_queries, subset_eval_set
 
 tf = compat.tensorflow()
@@ -167,15 +167,29 @@ def test_ranker_head_dense_fusion_adds_the_catalog_z_scored_two_tower_score():
 def test_search_metrics_to_json_keeps_the_published_layout():
     """metrics.json: keys in their published order, floats rounded to 6 places, NaN as null, continual last and only when set."""
     system = SystemMetrics("x", "tfrec", {"recall@10": np.float64(0.1234567891)}, None, {"ndcg@10": float("nan")})
-    target = Target("e2e", "ndcg@10", "x", 0.5, np.float32(0.25), False, "bm25")
-    metrics = SearchMetrics("d", "valid", "r", "now", {"e2e": 2}, 10, {"x": system}, [], [target], {"lexical index": 0.1},
+    metrics = SearchMetrics("d", "valid", "r", "now", {"e2e": 2}, 10, {"x": system}, [], {"lexical index": 0.1},
                             {"retrieval": {}}, [], {"tune": Half(float("nan"), 0.5, 0)}, ["a note"])
     out = metrics.to_json()
     assert list(out) == ["dataset", "split", "run_name", "created", "n_queries", "catalog_size", "systems", "significance",
-                         "targets", "timings", "training", "hybrid_weight_trials", "halves", "notes"]
+                         "timings", "training", "hybrid_weight_trials", "halves", "notes"]
     assert out["systems"]["x"] == {"label": "x", "kind": "tfrec", "retrieval": {"recall@10": 0.123457}, "e2e": None,
                                    "rerank": {"ndcg@10": None}}
-    assert out["targets"] == [{"view": "e2e", "metric": "ndcg@10", "system": "x", "target": 0.5, "value": 0.25, "met": False,
-                               "strongest_baseline": "bm25"}]
     assert out["halves"] == {"tune": {"e2e_ndcg@10": None, "recall@100": 0.5, "n_queries": 0}}
     assert list(dataclasses.replace(metrics, continual={"warm_start": None}).to_json())[-1] == "continual"
+
+
+def test_headline_recall_is_recall_at_100_else_the_deepest_cut_off():
+    """The retrieval view's headline metric: recall@100 when evaluated, else the deepest recall@K (evaluation.ks)."""
+    assert headline_recall({"recall@10": 0.1, "recall@100": 0.5, "recall@1000": 0.7, "mrr": 0.2}) == "recall@100"
+    assert headline_recall({"recall@10": 0.1, "recall@20": 0.3, "mrr": 0.2}) == "recall@20"
+    assert headline_recall({"mrr": 0.2}) is None
+
+
+def test_the_ranker_is_kept_only_when_it_beats_retrieval():
+    from tfrec.search.stages.ranker import RANKER, RETRIEVAL, Ranker, keep_ranker
+
+    assert keep_ranker(0.4274, 0.4010) == RANKER
+    assert keep_ranker(0.6380, 0.6530) == RETRIEVAL
+    assert keep_ranker(0.5, 0.5) == RETRIEVAL  # a tie: the ranker's cost buys nothing
+    assert Ranker(None, {"selection": {"kept": RETRIEVAL}}).kept is False
+    assert Ranker(None, {}).kept is True  # no tuning half: nothing to compare on, the ranker stays

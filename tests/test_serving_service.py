@@ -61,6 +61,23 @@ def test_search_retrieves_titles_and_reranks(export, server, protocol):
     np.testing.assert_allclose([h.score for h in plain], scores[0][:2], rtol=1e-5)
 
 
+def test_search_keeps_retrieval_order_when_the_run_did_not_keep_its_ranker(export, server, tmp_path):
+    # catalog.json's "rerank": false is what a run whose ranker lost to retrieval on its tuning queries exports.
+    from tfrec.serving.catalog_file import catalog_json
+
+    path = tmp_path / "catalog.json"
+    path.write_bytes(catalog_json([p for p, _ in TOY_CATALOG], [t for _, t in TOY_CATALOG], rerank=False))
+    catalog = ProductCatalog.from_file(path)
+    assert catalog.rerank is False and ProductCatalog.from_export(export).rerank is True  # older files: re-rank
+    ids, scores = retrieval_reference(["white paint"], 5)
+    with GrpcClient(server.grpc_address) as client:
+        hits = SearchService(client, catalog, candidates=4).search("white paint", k=3)
+        forced = SearchService(client, catalog, candidates=4, rerank=True).search("white paint", k=3)
+    assert [h.item_id for h in hits] == list(ids[0][:3])
+    np.testing.assert_allclose([h.score for h in hits], scores[0][:3], rtol=1e-5, atol=1e-6)
+    assert [h.item_id for h in forced] == [pid for pid, _ in expected_search("white paint", 3, 4)]
+
+
 def test_recommend_and_similar_items(export, server):
     catalog = ProductCatalog.from_export(export)
     with GrpcClient(server.grpc_address) as client:

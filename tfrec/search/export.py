@@ -158,6 +158,7 @@ class SearchModels:
     weights: HybridWeights
     top_k: int
     catalog_columns: Optional[CatalogFeatureLookup] = None  # the catalog columns the ranker head fuses
+    rerank: bool = True  # whether the run kept its ranker (else the service keeps retrieval order)
 
 
 def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
@@ -191,7 +192,7 @@ def export_search(models: SearchModels, export_dir: Path, version: Optional[int]
         export.save(
             RETRIEVAL_NAME, retrieval, {"serving_default": retrieval.serve},
             warmup=[predict_log(RETRIEVAL_NAME, {"query": list(WARMUP_QUERIES)}), predict_log(RETRIEVAL_NAME, {"query": [WARMUP_QUERIES[0]]})],
-            extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles)},
+            extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles, rerank=models.rerank)},
         )
         export.save(
             RANKER_NAME, ranker, {"serving_default": ranker.serve, "regress": ranker.regress},
@@ -227,7 +228,7 @@ def _save_scann(export: ExportSet, models: SearchModels) -> None:
     export.save(
         SCANN_NAME, module, {"serving_default": module.serve},
         warmup=[predict_log(RETRIEVAL_NAME, {"query": list(WARMUP_QUERIES)})],
-        extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles)},
+        extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles, rerank=models.rerank)},
         options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]),
     )
 
@@ -284,6 +285,7 @@ def load_search_models(run_dir: Path) -> SearchModels:
         catalog_dense=catalog_dense, catalog_zero=catalog_zero, ids=ids, titles=titles,
         weights=HybridWeights(**search["hybrid_weights"]), top_k=int(search["top_k"]),
         catalog_columns=catalog_features(cfg, data.catalog),
+        rerank=bool(search.get("rerank", True)),  # runs before the choice existed always re-ranked
     )
 
 

@@ -8,7 +8,8 @@ stage gets the run's :class:`SearchContext` and the results of the stages before
 3. the baselines on valid (BM25 plain/stemmed with bm25s, zero-shot MiniLM, hybrid);
 4. fine-tune the two towers (TFRS in-batch softmax) and encode the catalog;
 5. hybrid weights chosen on the tuning half of valid (reported: both halves and all of valid);
-6. ranker lists (judged + unjudged retrieved candidates) -> TF-Ranking listwise training;
+6. ranker lists (judged + unjudged retrieved candidates) -> TF-Ranking listwise training; the ranker
+   is kept only if it beats the hybrid order on the tuning half (else results keep retrieval order);
 7. valid: retrieval recall/MRR over the whole catalog, end-to-end NDCG@10 (top-k retrieved then
    ranked), re-rank NDCG of the judged products, seen/cold splits, paired bootstrap;
 8. the run's files (metrics.json, search_config.json, catalog vectors, per-query results).
@@ -84,5 +85,5 @@ def train_search(loaded: LoadedConfig, data: SearchData, run_dir: Path, warm_sta
 
     with timer.stage("metrics and report"):
         evaluation = evaluate_search(ctx, queries, baselines, towers, hybrid, retrieval, ranker, ranked, cross, forgetting)
-        save_search_run(ctx, evaluation, hybrid.weights, dense.catalog, queries, ranked.top)
+        save_search_run(ctx, evaluation, hybrid.weights, dense.catalog, queries, ranked.top, rerank=ranker.kept)
     return evaluation.metrics.to_json()

@@ -27,10 +27,11 @@ CATALOG_FILE = "catalog.json"
 class ProductCatalog:
     """Product id -> title, from the ``catalog.json`` an export ships in ``assets.extra/``."""
 
-    def __init__(self, ids: Sequence[str], titles: Sequence[str], source: str = "") -> None:
+    def __init__(self, ids: Sequence[str], titles: Sequence[str], source: str = "", rerank: bool = True) -> None:
         if len(ids) != len(titles):
             raise ValueError("catalog %s: %d ids but %d titles" % (source or "(in memory)", len(ids), len(titles)))
         self.source = source
+        self.rerank = bool(rerank)  # False: the search run did not keep its ranker (retrieval order is served)
         self._titles = dict(zip((str(i) for i in ids), (str(t) for t in titles)))
 
     def __len__(self) -> int:
@@ -45,11 +46,11 @@ class ProductCatalog:
 
     @classmethod
     def from_file(cls, path: Path) -> "ProductCatalog":
-        """Read a ``catalog.json`` ({"ids": [...], "titles": [...]})."""
+        """Read a ``catalog.json`` ({"ids": [...], "titles": [...]}, optionally "rerank")."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(data["ids"], data["titles"], source=str(path))
+            return cls(data["ids"], data["titles"], source=str(path), rerank=bool(data.get("rerank", True)))
         except FileNotFoundError:
             raise
         except (ValueError, KeyError, TypeError) as err:
@@ -89,10 +90,13 @@ class Hit:
 class SearchService:
     """Raw query -> retrieved, titled and re-ranked products, over served models."""
 
-    def __init__(self, client: Any, catalog: Optional[ProductCatalog] = None, *, candidates: int = 100, rerank: bool = True,
-                 retrieval_model: str = RETRIEVAL_MODEL, ranker_model: str = RANKER_MODEL, label: Optional[str] = None) -> None:
+    def __init__(self, client: Any, catalog: Optional[ProductCatalog] = None, *, candidates: int = 100,
+                 rerank: Optional[bool] = None, retrieval_model: str = RETRIEVAL_MODEL, ranker_model: str = RANKER_MODEL,
+                 label: Optional[str] = None) -> None:
         if candidates < 1:
             raise ValueError("candidates must be >= 1, got %d" % candidates)
+        if rerank is None:  # as the export says: a run whose ranker did not beat retrieval serves retrieval order
+            rerank = catalog.rerank if catalog is not None else True
         if rerank and catalog is None:
             raise ValueError("re-ranking needs the catalog (the ranker scores titles): pass a ProductCatalog or rerank=False")
         self.client, self.catalog, self.candidates, self.rerank = client, catalog, int(candidates), bool(rerank)

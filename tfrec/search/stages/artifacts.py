@@ -13,11 +13,11 @@ from tfrec.search.stages.queries import QuerySplits
 
 
 def save_search_run(ctx: SearchContext, evaluation: SearchEvaluation, weights: HybridWeights, catalog_dense: np.ndarray,
-                    queries: QuerySplits, final_top: np.ndarray) -> None:
-    """Write metrics.json, search_config.json, the catalog vectors, per_query.npz and top_results.json."""
+                    queries: QuerySplits, final_top: np.ndarray, rerank: bool = True) -> None:
+    """Write metrics.json, search_config.json (``rerank``: whether the ranker was kept), the catalog vectors, per_query.npz and top_results.json."""
     run = ctx.run
     write_json(run.metrics, evaluation.metrics.to_json())
-    write_json(run.search_settings, {"hybrid_weights": weights.as_dict(), "top_k": ctx.cfg.retrieval.top_k})
+    write_json(run.search_settings, {"hybrid_weights": weights.as_dict(), "top_k": ctx.cfg.retrieval.top_k, "rerank": bool(rerank)})
     np.save(run.catalog_vectors, catalog_dense)
     write_per_query(run.per_query, queries.valid.queries, evaluation.per_query)
     write_top_results(run.top_results, top_results_record(

@@ -56,7 +56,8 @@ def choose_weights(ctx: SearchContext, scorer: CatalogScorer, queries: QuerySpli
     lexical_grid = LEXICAL_GRID if rc.lexical_weight is None else (rc.lexical_weight,)
     zero_grid = ZERO_SHOT_GRID if rc.zero_shot_weight is None else (rc.zero_shot_weight,)
     best, trials = tune_weights(components, lambda rows: ev.recall_at_k(es, rows, [k])[k], k, lexical_grid, zero_grid)
-    log.info("hybrid weights (recall@%d on %d tuning queries): %s" % (k, es.n_queries, best.as_dict()))
+    log.info("hybrid weights (recall@%d on %d tuning queries): %s"
+             % (k, es.n_queries, ", ".join("%s %s" % kv for kv in best.as_dict().items())))
     return HybridChoice(best, trials)
 
 

@@ -3,7 +3,9 @@
 The ranker trains on the held-out training queries' lists (judged + unjudged retrieved candidates).
 Each candidate loss trains its own head, whose score is fused with the catalog-z-scored two-tower
 score at a weight chosen on the tuning half of valid; the head with the best end-to-end NDCG@10
-there is kept and saved.
+there is saved. It is kept for serving only if it beats the hybrid retrieval order on that same
+tuning half: a ranker that does not help (little data, say) is not shipped, and the run's exports
+then serve retrieval order.
 """
 from __future__ import annotations
 
@@ -46,12 +48,20 @@ class RankerLists:
     valid_inputs: dict  # valid's hybrid top-k (the end-to-end view)
 
 
+RANKER, RETRIEVAL = "ranker", "retrieval"
+
+
 @dataclass(frozen=True, eq=False)
 class Ranker:
-    """The kept head (saved in the run folder) and metrics.json's training.ranker."""
+    """The best head (saved in the run folder) and metrics.json's training.ranker."""
 
     head: Any
     info: dict
+
+    @property
+    def kept(self) -> bool:
+        """Whether search results are re-ranked by the head (False: served in retrieval order)."""
+        return self.info.get("selection", {}).get("kept", RANKER) == RANKER
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,20 +107,47 @@ def train_ranker(ctx: SearchContext, lists: RankerLists, queries: QuerySplits, v
             log.info("ranker with %s loss: end-to-end NDCG@10 %.4f on the tuning half (dense weight %g)" % (loss, value, fusion["weight"]))
         if best is None or value > best[0]:
             best = (value, head, info)
-    _, head, info = best
+    value, head, info = best
     head.save_weights(str(ctx.run.ranker_weights))
     if len(losses) > 1:
         info["loss_selection"] = tried
         log.info("ranker loss kept: %s" % info["loss"])
+    if value is not None:
+        info["selection"] = selection = _ranker_or_retrieval(ctx, queries, valid_top, value)
+        if selection["kept"] == RETRIEVAL:
+            log.warning("the ranker does not improve on retrieval alone on the %d tuning queries (end-to-end NDCG@10 %.4f vs "
+                        "%.4f): results are served in retrieval order" % (selection["n_queries"], value, selection["retrieval_tune_half_e2e_ndcg@10"]))
     return Ranker(head, info)
 
 
+def keep_ranker(ranker_value: float, retrieval_value: float) -> str:
+    """RANKER if the ranked order beats the retrieval order (ties go to retrieval: the ranker must earn its cost)."""
+    return RANKER if ranker_value > retrieval_value else RETRIEVAL
+
+
+def _ranker_or_retrieval(ctx: SearchContext, queries: QuerySplits, valid_top: np.ndarray, ranker_value: float) -> dict:
+    """metrics.json's training.ranker.selection: the best head against the hybrid order on the tuning half of valid."""
+    tune = queries.tune
+    es = subset_eval_set(queries.valid, tune)
+    # Rounded like the heads' values, so both sides of the comparison are the numbers the report shows.
+    retrieval_value = round(float(ev.end_to_end_ndcg(es, valid_top[tune, : ctx.cfg.retrieval.top_k], 10)[0]), 4)
+    return {"kept": keep_ranker(ranker_value, retrieval_value), "ranker_tune_half_e2e_ndcg@10": ranker_value,
+            "retrieval_tune_half_e2e_ndcg@10": retrieval_value, "n_queries": int(tune.sum())}
+
+
 def rank_valid(ctx: SearchContext, ranker: Ranker, lists: RankerLists, valid_top: np.ndarray) -> RankedValid:
-    """Score valid's judged products (re-rank view) and re-order its hybrid top-k (end-to-end view)."""
+    """Score valid's judged products (re-rank view) and re-order its hybrid top-k (end-to-end view).
+
+    A head that was not kept still scores the judged products (the ranker export serves clients
+    that bring their own candidates); the end-to-end order is then the retrieval order.
+    """
     rerank_scores = ranker.head.predict(lists.judged_inputs, batch_size=256, verbose=0)
     judged_scores = rerank_scores[lists.judged.mask]  # back in the eval set's products order
+    top = valid_top[:, : ctx.cfg.retrieval.top_k]
+    if not ranker.kept:
+        return RankedValid(judged_scores, top)
     e2e_scores = ranker.head.predict(lists.valid_inputs, batch_size=256, verbose=0)
-    return RankedValid(judged_scores, rank_candidates(valid_top[:, : ctx.cfg.retrieval.top_k], e2e_scores))
+    return RankedValid(judged_scores, rank_candidates(top, e2e_scores))
 
 
 def _fuse_dense(ctx: SearchContext, head: Any, lists: RankerLists, queries: QuerySplits, valid_top: np.ndarray,
@@ -161,7 +198,7 @@ def _train_head(ctx: SearchContext, inputs: dict, lists: CandidateLists, retriev
     ctx.drop_checkpoints("ranker-%s" % loss)
     ctx.run.ranker_vocabulary.write_text("\n".join(vocabulary or []) + "\n", encoding="utf-8")
     final = final_train_metrics(result)
-    log.info("ranker: %d lists, loss %s, train %s" % (len(lists.rows), loss, final))
+    log.info("ranker: %d lists, loss %s, train %s" % (len(lists.rows), loss, ", ".join("%s %s" % kv for kv in final.items())))
     info = {
         "lists": int(len(lists.rows)),
         "list_width": int(lists.rows.shape[1]),
