@@ -20,7 +20,10 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: 
 
 
 def _cut(text: str, width: int = TITLE_WIDTH) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "..."  # at a word boundary where there is one
 
 
 def hits_table(hits: Sequence[Any], header: str = "", id_label: str = "product id") -> str:

@@ -267,7 +267,10 @@ def write_search_report(metrics: Mapping[str, Any], run_dir: str | Path, extras:
 
 def _plain(text: str, width: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "..."  # at a word boundary where there is one
 
 
 def _summary_columns(report: SearchMetrics) -> list[tuple[str, str, str]]:
