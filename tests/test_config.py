@@ -296,3 +296,13 @@ def test_data_checks_list_every_value_the_data_makes_impossible(in_repo, homedep
     assert "9 is above every relevance label in" in problems["evaluation.positive_relevance"].message
     fine = load_config(path, ["evaluation.ks=[10]"])
     assert data_problems(fine, load_data(fine)) == []
+
+
+def test_relevance_labels_below_1_are_refused_before_training(in_repo, homedepot_slice, tmp_path):
+    """NDCG's gain 2**(label - 1) - 1 is negative below 1: a 0-based scale is refused, naming the key and the fix."""
+    path = write(tmp_path / "c.yaml", "data:\n  dir: %s\n  judgments:\n    label_min: 0\nevaluation:\n  ks: [10]\n" % homedepot_slice)
+    with pytest.raises(ConfigError) as err:
+        load_data(load_config(path))
+    problems = {p.key: p for p in err.value.problems}
+    assert list(problems) == ["data.judgments.label_min"]
+    assert "labels start at 1" in problems["data.judgments.label_min"].message and "0-4 scale to 1-5" in problems["data.judgments.label_min"].message

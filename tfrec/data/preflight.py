@@ -55,6 +55,11 @@ def _search_problems(loaded: LoadedConfig, data: SearchData, n_items: int) -> li
         # tfrs.tasks.Retrieval has no dtype: under a mixed policy its matmul mixes float16 queries with float32 candidates.
         problems.append(loaded.problem("train.distribute.mixed_precision", "%s: the search two-tower model trains in float32 "
                                        "only in this release (set it to none)" % cfg.train.distribute.mixed_precision))
+    if cfg.data.judgments.label_min < 1:
+        # NDCG's graded gain is 2**(label - 1) - 1: a label below 1 would be a negative gain, silently skewing every NDCG.
+        problems.append(loaded.problem("data.judgments.label_min", "%g: relevance labels start at 1 (the least relevant grade, "
+                                       "gain 0); shift yours up, e.g. a 0-4 scale to 1-5, and set label_min/label_max and "
+                                       "the relevance thresholds to match" % cfg.data.judgments.label_min))
     if len(data.train) == 0:
         problems.append(loaded.problem("data.judgments.train", "no judgments left in %s" % data.train.source))
     else:
