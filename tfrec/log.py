@@ -255,7 +255,8 @@ class Progress:
             if postfix:
                 self._bar.set_postfix(self.postfix, refresh=False)
             self._bar.update(n)
-        elif self._logs_lines and self.clock() - self._last >= self.every:
+        elif self._logs_lines and self.done > self._warm[1] and self.clock() - self._last >= self.every:
+            # Not on the first update alone: its rate would be the tracing's ("ETA 35 min" for a one-minute epoch).
             self._log_line()
 
     def rate(self) -> float:
