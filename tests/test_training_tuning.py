@@ -481,3 +481,14 @@ def test_cli_tune_writes_best_config_and_the_shipped_tune_config_loads(env, tmp_
     assert best.ranking.loss in ("softmax", "listmle")
     assert len([t for t in results["trials"] if t["status"] == "COMPLETED"]) == 2
     assert results_table(results) in out and "[training] best " in err  # the table is a result; the rest is the log
+
+
+def test_a_config_the_data_makes_impossible_fails_before_the_run_folder_exists(homedepot_slice, tmp_path, capsys):
+    """tfrec tune loads and checks the data first: a cut-off above the catalog size leaves no run folder."""
+    from tfrec.cli.main import main
+
+    path = write_config(tmp_path, {"slice": homedepot_slice, "cache": tmp_path}, run={"output_dir": str(tmp_path / "runs")},
+                        evaluation={"ks": [10, 100000]})
+    assert main(["tune", "--config", str(path)]) != 0
+    assert "evaluation.ks" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tuning").exists()

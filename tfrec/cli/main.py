@@ -239,16 +239,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tfrec.training.tuning import results_table
 
     loaded = _load(args)
-    run_dir = create_run_dir(loaded)
-    log.info("tuning %s (%s, %d trials, objective %s on a holdout of the train queries) into %s" % (
-        loaded.config.tune.target, loaded.config.tune.algorithm, loaded.config.tune.max_trials, loaded.config.tune.objective, run_dir))
+    created: list[Path] = []
+
+    def run_folder() -> Path:
+        # Created once the data has loaded and passed its checks (a config it makes impossible leaves no folder).
+        created.append(create_run_dir(loaded))
+        tc = loaded.config.tune
+        log.info("tuning %s (%s, %d trials, objective %s on a holdout of the train queries) into %s"
+                 % (tc.target, tc.algorithm, tc.max_trials, tc.objective, created[0]))
+        return created[0]
+
     try:
-        results = tune_search(loaded, out_dir=run_dir)
+        results = tune_search(loaded, out_dir=run_folder)
     except RuntimeError as err:
         raise CommandError(str(err)) from err
     _out(results_table(results))
-    _out("best_config: %s" % RunFolder(run_dir).best_config)
-    _out("run_dir: %s" % run_dir)
+    _out("best_config: %s" % RunFolder(created[0]).best_config)
+    _out("run_dir: %s" % created[0])
     return 0
 
 

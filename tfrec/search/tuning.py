@@ -41,7 +41,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -318,7 +318,12 @@ def trial_objective(loaded: LoadedConfig) -> RankerTrialObjective:
     )
 
 
-def tune_search(loaded: LoadedConfig, out_dir: Path) -> dict:
-    """Run (or resume) ``loaded``'s search over the search ranker (``tfrec tune``); see :func:`tfrec.training.tuning.run_tuning`."""
+def tune_search(loaded: LoadedConfig, out_dir: Union[Path, Callable[[], Path]]) -> dict:
+    """Run (or resume) ``loaded``'s search over the search ranker (``tfrec tune``); see :func:`tfrec.training.tuning.run_tuning`.
+
+    ``out_dir`` may be a function that creates the folder: it is called only once the data has
+    loaded and passed its checks, so a config the data makes impossible leaves no folder behind.
+    """
     check_space(loaded)  # cheap checks first: a bad space fails before any data is read
-    return run_tuning(loaded, out_dir, objective=trial_objective(loaded))
+    objective = trial_objective(loaded)
+    return run_tuning(loaded, out_dir() if callable(out_dir) else out_dir, objective=objective)
