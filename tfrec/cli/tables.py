@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from tfrec.reports.tables import clip_words
+
 # A terminal line stays readable: longer titles are cut with "...".
 TITLE_WIDTH = 80
 
@@ -19,19 +21,12 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: 
     return "\n".join(lines)
 
 
-def _cut(text: str, width: int = TITLE_WIDTH) -> str:
-    if len(text) <= width:
-        return text
-    cut = text[: width - 3]
-    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "..."  # at a word boundary where there is one
-
-
 def hits_table(hits: Sequence[Any], header: str = "", id_label: str = "product id") -> str:
     """Search or recommendation results (``Hit``s) as a table: rank, score, id and title, under a ``header`` line."""
     lines = [header] if header else []
     if not hits:
         lines.append("  (no results)")
         return "\n".join(lines)
-    rows = [(hit.rank, "%.4f" % hit.score, hit.item_id, _cut(hit.title)) for hit in hits]
+    rows = [(hit.rank, "%.4f" % hit.score, hit.item_id, clip_words(hit.title, TITLE_WIDTH)) for hit in hits]
     lines.append(format_table(("rank", "score", id_label, "title"), rows, numeric=(True, True, False, False)))
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 
@@ -22,9 +22,7 @@ from tfrec.data.preflight import preflight
 from tfrec.data.frames import CATALOG, FRAME_NAMES, INTERACTIONS, TRAIN, VALID, check_frames
 from tfrec.data.readers import leave_one_out, read_catalog, read_interactions, read_judgments
 from tfrec.data.sources import decode_text
-from tfrec.data.tables import Catalog, Interactions, RecommendationData, SearchData, Sequences
-
-Dataset = Union[SearchData, RecommendationData]
+from tfrec.data.tables import Catalog, Dataset, Interactions, RecommendationData, SearchData, Sequences
 
 AMAZON_FILES = {
     "text": "Scientific.text",
@@ -84,13 +82,8 @@ def load_data(loaded: LoadedConfig, frames: Optional[Mapping[str, Any]] = None) 
         log = read_interactions(data.interactions, folder, catalog, checker, frames.get(INTERACTIONS))
         result = _recommendation_from_log(log, catalog, checker, data.dataset)
     result.name = data.dataset
-    check_against_data(loaded, result)
+    preflight(loaded, result)  # on the whole data; tfrec train checks its slice again
     return result
-
-
-def check_against_data(loaded: LoadedConfig, dataset: Dataset) -> None:
-    """Reject config values that the loaded data makes impossible (e.g. k above the catalog size), all at once."""
-    preflight(loaded, dataset)
 
 
 def _load_search_csv(loaded: LoadedConfig, folder: Path, checker: RowChecker, frames: Mapping[str, Any]) -> SearchData:
@@ -247,7 +240,6 @@ def _recommendation_from_log(log: Interactions, catalog: Catalog, checker: RowCh
 __all__ = [
     "Dataset",
     "DropReport",
-    "check_against_data",
     "check_files",
     "load_amazon_scientific",
     "load_data",

@@ -7,14 +7,10 @@ no judgment reaches fails in seconds, with every such problem listed in one
 """
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
 from tfrec.config.loader import ConfigError, ConfigProblem, LoadedConfig
-from tfrec.data.tables import Judgments, RecommendationData, SearchData
-
-Dataset = Union[SearchData, RecommendationData]
+from tfrec.data.tables import Dataset, Judgments, RecommendationData, SearchData
 
 
 def preflight(loaded: LoadedConfig, dataset: Dataset) -> None:

@@ -6,7 +6,7 @@ Products and items are referred to by their row in the catalog (``int32`` index)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -145,3 +145,7 @@ class RecommendationData:
     interactions: Optional[Interactions] = None
     drops: DropReport = field(default_factory=DropReport)
     name: str = ""
+
+
+# What a config's data loads as: search (catalog + judgments) or recommendation (catalog + sequences).
+Dataset = Union[SearchData, RecommendationData]

@@ -13,7 +13,7 @@ from tfrec.reports.metrics import VIEWS, SearchMetrics, parse_metrics, recall_cu
 from tfrec.reports.plots import BarRow, Line, Panel, axis_start_near, bar_panels, color_for, recall_curves, to_png
 from tfrec.reports.sections import PER_QUERY_CHART, TRAINING_CHART, RunExtras, distribution_section, gallery_section, training_section
 from tfrec.reports.tables import (
-    SMALL_GROUP, exports_table, fmt3, fmt_count, seen_cold_table, significance_table, small_groups, timings_table, view_table,
+    SMALL_GROUP, clip_words, exports_table, fmt3, fmt_count, seen_cold_table, significance_table, small_groups, timings_table, view_table,
 )
 
 RECALL_CHART = "recall_at_k.png"
@@ -266,11 +266,7 @@ def write_search_report(metrics: Mapping[str, Any], run_dir: str | Path, extras:
 
 
 def _plain(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    if len(text) <= width:
-        return text
-    cut = text[: width - 3]
-    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "..."  # at a word boundary where there is one
+    return clip_words(" ".join(text.split()), width)
 
 
 def _summary_columns(report: SearchMetrics) -> list[tuple[str, str, str]]:

@@ -57,6 +57,14 @@ def fmt_duration(seconds: float) -> str:
     return "%d:%02d:%02d" % (hours, minutes, secs) if hours else "%d:%02d" % (minutes, secs)
 
 
+def clip_words(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut at a word boundary (where there is one) and marked with "..."."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "..."
+
+
 def fmt_value(value: Any) -> str:
     """A free-form training detail as short text: lists as "a, b", mappings as "key value, ..."."""
     if value is None:
