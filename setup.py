@@ -32,7 +32,11 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",  # the report's PNG charts (Agg backend: no display needed)
     "pandas>=2.1,<4",  # own data passed as DataFrames (tfrec.train(config, catalog=df, ...)); tested with 3.1
     "pyarrow>=15",  # own data as Parquet files beside CSV
+    "psutil>=5.9",  # memory available to the in-memory path, and the process-tree RSS the benchmarks record
+    "google-crc32c>=1.5",  # the TFRecord checksums of `tfrec data prepare` shards, written without TensorFlow
 ]
+# `tfrec data prepare` runs interaction logs through Apache Spark (a Java 17+ runtime must come from a package).
+SCALE_REQUIRES = ["pyspark==4.3.0"]
 
 setup(
     name="tfrec-shop",
@@ -45,14 +49,15 @@ setup(
     license_files=["LICENSE"],
     packages=find_packages(include=["tfrec", "tfrec.*"]),
     # The built-in configs (`tfrec train --config quick`) and the starters `tfrec init` writes.
-    package_data={"tfrec": ["py.typed", "configs/*.yaml", "config/starters/*.yaml"]},
+    package_data={"tfrec": ["py.typed", "configs/*.yaml", "config/starters/*.yaml", "preprocess/log4j2.properties"]},
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient + ipykernel: the tests execute notebooks/ with a tiny configuration; import-linter: the layering test;
         # build: the wheel the packaging test installs into a fresh environment (`make test-install`).
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "import-linter==2.17", "nbclient>=0.10", "nbformat>=5.10",
-                "ipykernel>=6.29", "build==1.3.0"],
+                "ipykernel>=6.29", "build==1.3.0", *SCALE_REQUIRES],
+        "scale": SCALE_REQUIRES,
         # The documentation site (`make docs`): MkDocs + Material, API pages from the docstrings (griffe, no imports).
         "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.1", "mkdocstrings[python]==1.0.8", "mkdocstrings-python==2.0.11",
                  "mkdocs-include-markdown-plugin==7.3.0"],

@@ -36,7 +36,7 @@ from tfrec.data.frames import covers_every_file, data_frames, keep_frames
 from tfrec.data.preflight import preflight
 from tfrec.data.slices import slice_for_config, slice_recommendation_data
 from tfrec.data.stats import dataset_stats, format_stats
-from tfrec.data.tables import SearchData
+from tfrec.data.tables import RecommendationData, SearchData
 from tfrec.evaluation.compare import PerQuery, compare as paired, default_pairs, format_comparison
 from tfrec.runs import FAILED, MOVIELENS, RECOMMENDATION, SEARCH, RunFolder, create_run_dir, open_run_dir, write_json
 from tfrec.serving.conformance import check_export as check
@@ -144,10 +144,16 @@ def load_data(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = 
 def _read(loaded: LoadedConfig, frames: Optional[dict] = None) -> tuple[Any, dict]:
     """The whole dataset of a config and its statistics (with the load time)."""
     started = time.perf_counter()
-    where = "DataFrames" if frames and covers_every_file(frames) else loaded.config.data.dir
+    where = "DataFrames" if frames and covers_every_file(frames) else loaded.config.data.prepared or loaded.config.data.dir
     log.info("loading %s from %s ..." % (loaded.config.data.dataset, where))
     data = read_data(loaded, frames)
-    stats = dataset_stats(data, loaded.config)
+    if loaded.config.data.prepared and isinstance(data, RecommendationData):
+        # Its training examples stay in the shards: the statistics prepare computed over all of them.
+        stats = dict(data.train.prepared.manifest["stats"])
+    else:
+        stats = dataset_stats(data, loaded.config)
+    if loaded.config.data.prepared:
+        stats["prepared"] = str(loaded.config.data.prepared)
     stats["load_seconds"] = round(time.perf_counter() - started, 2)
     return data, stats
 
@@ -384,7 +390,7 @@ def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: b
 
 def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
     # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
-    from tfrec.recommend.export import export_recommendation
+    from tfrec.recommend.export import export_recommendation, run_catalog_dtype
     from tfrec.recommend.pipeline import load_recommender
 
     if scann:
@@ -392,7 +398,8 @@ def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], 
     log.info("rebuilding the trained recommender of %s ..." % run, extra={"stage": "export"})
     model, data, settings = load_recommender(run)
     return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
-                                 exclude_history=bool(settings["exclude_history"]), version=version, run=run.name)
+                                 exclude_history=bool(settings["exclude_history"]), version=version, run=run.name,
+                                 catalog_dtype=run_catalog_dtype(run))
 
 
 def check_export(export_dir: PathLike = "export") -> "ConformanceReport":

@@ -128,10 +128,56 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_synthesize(args: argparse.Namespace) -> int:
+    """Write a synthetic shop of any size (catalog, interaction log, optional search judgments, and configs that read them) for scale tests."""
+    from tfrec.data import synthesize  # lazy: only this command needs pyarrow
+
+    size = synthesize.ShopSize(products=args.products, users=args.users, events=args.events, judgments=args.judgments,
+                               format=args.format, seed=args.seed)
+    try:
+        written = synthesize.synthesize(args.out, size, force=args.force)  # bar unless --quiet
+    except synthesize.SynthesizeError as err:
+        raise UsageError(str(err)) from err
+    for item in written:
+        _out("wrote: %s" % item.describe())
+    return 0
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    """Turn a raw Kaggle Home Depot file into tfrec's products/train/valid/test CSVs."""
-    folder = download.prepare_homedepot(args.raw, args.dest, force=args.force)
-    _out("dataset: homedepot %s" % folder)
+    """Validate, split and shard a config's data for training at any size (--config X --out DIR), or turn a raw Kaggle
+    Home Depot file into tfrec's CSVs (homedepot --raw FILE)."""
+    if args.dataset or args.raw:
+        if not (args.dataset and args.raw):
+            raise UsageError("converting a raw download needs both: tfrec data prepare homedepot --raw FILE [--dest DIR]")
+        folder = download.prepare_homedepot(args.raw, args.dest, force=args.force)
+        _out("dataset: homedepot %s" % folder)
+        return 0
+    if not (args.config and args.out):
+        raise UsageError("tfrec data prepare --config CONFIG --out DIR (or: tfrec data prepare homedepot --raw FILE)")
+    from tfrec.preprocess import prepare  # lazy: Spark starts only for this command
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1, got %d" % args.workers)
+    if args.shards < 1:
+        raise UsageError("--shards must be at least 1, got %d" % args.shards)
+    loaded = _load(args)
+    result = prepare(loaded, Path(args.out), master=args.master, workers=args.workers, shards=args.shards,
+                     driver_memory=args.driver_memory, force=args.force)
+    manifest = result.manifest
+    if result.up_to_date:
+        _out("up to date: %s was prepared from these files with this data config (shards checked)" % result.folder)
+    else:
+        for line in format_stats(manifest["stats"]):
+            _out(line)
+        counts = ", ".join("%s %d examples" % (name, entry["examples"]) for name, entry in manifest["splits"].items())
+        engine = manifest["engine"]
+        _out("prepared in %.1f s (%s%s): %d products, %s" % (result.seconds, engine["name"],
+                                                            " %s" % engine["master"] if "master" in engine else "",
+                                                            manifest["catalog"]["items"], counts))
+        if manifest.get("dead_letter"):
+            _out("dropped rows, with their line and reason: %s" % (result.folder / manifest["dead_letter"]))
+    _out("prepared: %s" % result.folder)
+    _out("train from it: tfrec train --config %s --set data.prepared=%s" % (args.config, result.folder))
     return 0
 
 
@@ -384,6 +430,16 @@ def _add_config_args(parser: argparse.ArgumentParser, default: Optional[str] = "
     )
 
 
+def _count(text: str) -> int:
+    """A count argument: 5000000, 5_000_000, 5M or 250k."""
+    from tfrec.data.synthesize import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_run_args(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN", help=help_text)
     # The spelling of earlier releases, still accepted: `--run RUN` means the same as RUN.
@@ -498,9 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/default.yaml", metavar="FILE", help="config whose data the benchmarks read")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="export the serving benchmark serves (default: %(default)s)")
 
-    data = add("data", lambda a: 0, "validate, download or prepare datasets",
+    data = add("data", lambda a: 0, "validate, download, prepare or synthesize datasets",
                description="Work with datasets: check a config's data and print its statistics (validate), download a "
-                           "public dataset (download), or turn a raw Kaggle Home Depot file into tfrec's CSVs (prepare).")
+                           "public dataset (download), turn a raw Kaggle Home Depot file into tfrec's CSVs (prepare), or "
+                           "write a synthetic shop of any size for scale tests (synthesize).")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data_sub.required = True
     p = data_sub.add_parser("validate", parents=[common], help="check a config's data and print its statistics", description=cmd_data_validate.__doc__)
@@ -518,12 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="a mirror URL instead of the official source")
     p.add_argument("--sha256", default=None, help="expected SHA-256 (needed with a mirror of another file)")
     p.add_argument("--force", action="store_true", help="download again even if the folder exists")
-    p = data_sub.add_parser("prepare", parents=[common], help="prepare a raw Kaggle Home Depot download", description=cmd_data_prepare.__doc__)
+    p = data_sub.add_parser("prepare", parents=[common], help="validate, split and shard a config's data (or convert a raw Kaggle "
+                            "Home Depot file)", description=cmd_data_prepare.__doc__)
     p.set_defaults(func=cmd_data_prepare)
-    p.add_argument("dataset", choices=["homedepot"], help="the raw dataset to prepare (homedepot)")
-    p.add_argument("--raw", required=True, metavar="FILE", help="Kaggle's train.csv or train.csv.zip")
-    p.add_argument("--dest", default="data", metavar="DIR", help="data root (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace an existing DIR/homedepot folder")
+    _add_config_args(p, default=None)
+    p.add_argument("--out", metavar="DIR", help="the prepared dataset's folder (TFRecord shards + manifest.json); train with "
+                                                "--set data.prepared=DIR")
+    p.add_argument("--master", default=None, metavar="URL", help="Spark master for the interaction log: local[N] (default: "
+                                                                 "local[--workers]), spark://HOST:PORT, yarn, k8s://...")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="local worker threads (default: every core)")
+    p.add_argument("--shards", type=int, default=16, metavar="N", help="shards per split (default: %(default)s)")
+    p.add_argument("--driver-memory", default="1g", metavar="SIZE", help="Spark driver JVM heap (default: %(default)s)")
+    p.add_argument("dataset", nargs="?", choices=["homedepot"], help="with --raw: the raw dataset to convert (homedepot)")
+    p.add_argument("--raw", default=None, metavar="FILE", help="Kaggle's Home Depot train.csv or train.csv.zip")
+    p.add_argument("--dest", default="data", metavar="DIR", help="with --raw: data root (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p = add("init", cmd_init, "write a commented starter config (DIR/tfrec.yaml) for your own CSV or Parquet files")
     p.add_argument("kind", choices=list(STARTERS), help="; ".join("%s: %s" % (k, v.summary) for k, v in STARTERS.items()))
     p.add_argument("dir", metavar="DIR", help="the folder that holds (or will hold) your data files; created if missing")

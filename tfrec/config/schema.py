@@ -116,6 +116,10 @@ class DataConfig:
     dir: Optional[str] = None
     # strict: bad rows are errors. lenient: bad rows are dropped, counted and reported.
     strict: bool = True
+    # Before reading, estimate the memory the data needs (from file sizes, Parquet row counts and
+    # DataFrame sizes) and stop with an error naming the estimate when it would not fit in the
+    # memory available (a cgroup limit included). false: read anyway.
+    memory_check: bool = True
     catalog: CatalogFiles = field(default_factory=CatalogFiles)
     judgments: JudgmentFiles = field(default_factory=JudgmentFiles)
     interactions: InteractionFiles = field(default_factory=InteractionFiles)
@@ -131,6 +135,13 @@ class DataConfig:
     # queries, in the order they first appear in the files (continual training runs on one, then the next).
     periods: int = _bounded(1, min=1)
     period: int = _bounded(1, min=1)
+    # A folder written by `tfrec data prepare --config CONFIG --out DIR`: train from its TFRecord
+    # shards instead of reading the files (their validation and split are already done). Empty:
+    # read the files into memory.
+    prepared: Optional[str] = None
+    # Training from a prepared dataset streams its examples through a shuffle buffer of this many
+    # examples (in-memory training shuffles all of them every epoch).
+    shuffle_buffer: int = _bounded(200_000, min=1)
 
     def problems(self) -> list[tuple[str, str]]:
         """List (field, message) for rules that span fields."""
@@ -490,6 +501,16 @@ class EvaluationConfig:
 
 
 @dataclass
+class ExportConfig:
+    """How `tfrec export` writes the served models."""
+
+    # How the brute-force exports (recommender, similar_items, search_retrieval) store the catalog's
+    # vectors: float16 halves their size and scores in float16 (results are float32, top-100 lists
+    # nearly identical); float32 is exact. Read from the run's config when it is exported.
+    catalog_dtype: Literal["float32", "float16"] = "float32"
+
+
+@dataclass
 class Config:
     """A whole tfrec configuration, as resolved from defaults, files and overrides."""
 
@@ -502,3 +523,4 @@ class Config:
     recommendation: RecommendationConfig = field(default_factory=RecommendationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)

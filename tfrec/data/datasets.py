@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tfrec.config.loader import LoadedConfig
+from tfrec.data.budget import check_memory
 from tfrec.data.errors import DataError, DropReport, RowChecker
 from tfrec.data.preflight import preflight
 from tfrec.data.frames import CATALOG, FRAME_NAMES, INTERACTIONS, TRAIN, VALID, check_frames
@@ -66,8 +67,17 @@ def load_data(loaded: LoadedConfig, frames: Optional[Mapping[str, Any]] = None) 
     the files they name (:func:`tfrec.data.frames.data_frames` builds it).
     """
     frames = dict(frames or {})
+    if loaded.config.data.prepared:
+        from tfrec.data.prepared.reader import load_prepared  # lazy: reading shards imports TensorFlow
+
+        if frames:
+            raise loaded.error("data.prepared", "is set, so the data comes from its shards: pass no DataFrames")
+        prepared = load_prepared(loaded)
+        preflight(loaded, prepared)
+        return prepared
     check_frames(loaded, frames)
     check_files(loaded, given=frames)
+    check_memory(loaded, required_files(loaded), frames)  # stop before reading what would not fit in memory
     data = loaded.config.data
     folder = Path(data.dir or ".")
     checker = RowChecker(strict=data.strict)

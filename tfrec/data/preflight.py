@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfrec.config.loader import ConfigError, ConfigProblem, LoadedConfig
-from tfrec.data.tables import Dataset, Judgments, RecommendationData, SearchData
+from tfrec.data.tables import Dataset, Judgments, RecommendationData, SearchData, Sequences
 
 
 def preflight(loaded: LoadedConfig, dataset: Dataset) -> None:
@@ -93,9 +93,11 @@ def _recommendation_problems(loaded: LoadedConfig, data: RecommendationData) -> 
     if rc.encoder == "transformer" and rc.encoder_dim % rc.transformer_heads:
         problems.append(loaded.problem("recommendation.transformer_heads", "%d heads do not divide recommendation.encoder_dim (%d)"
                                        % (rc.transformer_heads, rc.encoder_dim)))
+    single = (len(data.train.rest()) == 0 if not isinstance(data.train, Sequences)  # streamed from prepared shards
+              else len(np.unique(data.train.users.astype(str))) == len(data.train))
     if len(data.train) == 0:
         problems.append(loaded.problem(source_key, "no training examples in %s" % data.train.source))
-    elif len(np.unique(data.train.users.astype(str))) == len(data.train):
+    elif single:
         # Model selection holds out each user's newest training example: nothing would be left to train on.
         problems.append(loaded.problem(source_key, "every user in %s has a single training example: nothing is left to train "
                                        "on after holding out each user's newest one" % data.train.source))

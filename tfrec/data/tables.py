@@ -106,6 +106,15 @@ class Sequences:
         return Sequences(items=self.items, starts=self.starts[rows], ends=self.ends[rows], targets=self.targets[rows],
                          users=self.users[rows], source=self.source)
 
+    def newest_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rest rows, newest rows): each user's example with the longest history, and every other example."""
+        order = np.lexsort((self.ends - self.starts, self.users.astype(str)))
+        users = self.users.astype(str)[order]
+        last = np.ones(len(order), bool)
+        last[:-1] = users[1:] != users[:-1]
+        newest = np.sort(order[last])
+        return np.setdiff1d(np.arange(len(self)), newest), newest
+
     def history_lengths(self) -> np.ndarray:
         """Length of each example's history."""
         return (self.ends - self.starts).astype(np.int64)

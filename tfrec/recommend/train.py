@@ -7,12 +7,13 @@ model is then re-trained from scratch on every training example for the chosen n
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from tfrec import compat
 from tfrec.config.schema import RecommendationConfig
+from tfrec.data.prepared.reader import ShardedSequences
 from tfrec.data.tables import Catalog, Sequences
 from tfrec.recommend.model import SequentialRecommender
 from tfrec.training.trainer import Trainer, TrainResult, epoch_seed
@@ -20,34 +21,44 @@ from tfrec.training.trainer import Trainer, TrainResult, epoch_seed
 tf = compat.tensorflow()
 
 
-def split_newest(sequences: Sequences) -> tuple[Sequences, Sequences]:
-    """(rest, holdout): the holdout is each user's example with the longest history (their newest transition)."""
+# Training examples: in memory, or streamed from the shards of a prepared dataset (data.prepared).
+TrainExamples = Union[Sequences, ShardedSequences]
+
+
+def split_newest(sequences: TrainExamples, max_history: int = 0) -> tuple[TrainExamples, Sequences]:
+    """(rest, holdout): the holdout is each user's example with the longest history (their newest transition).
+
+    Streamed examples stay streamed; their holdout (one example per user) is read into memory with
+    histories cut to ``max_history``.
+    """
+    if isinstance(sequences, ShardedSequences):
+        if len(sequences.rest()) == 0:
+            raise ValueError("every user has a single training example: nothing is left to train on after holding out the newest")
+        return sequences.rest(), sequences.newest(max_history)
     if len(sequences) == 0:
         raise ValueError("no training examples in %s" % sequences.source)
-    order = np.lexsort((sequences.ends - sequences.starts, sequences.users.astype(str)))
-    users = sequences.users.astype(str)[order]
-    last = np.ones(len(order), bool)
-    last[:-1] = users[1:] != users[:-1]
-    holdout = np.sort(order[last])
-    rest = np.setdiff1d(np.arange(len(sequences)), holdout)
+    rest, holdout = sequences.newest_split()
     if len(rest) == 0:
         raise ValueError("every user has a single training example: nothing is left to train on after holding out the newest")
     return sequences.take(rest), sequences.take(holdout)
 
 
-def sampling_probability(sequences: Sequences, n_items: int) -> np.ndarray:
+def sampling_probability(sequences: TrainExamples, n_items: int) -> np.ndarray:
     """Each item's share of the training targets (the chance it is an in-batch candidate, for logQ)."""
-    counts = np.bincount(sequences.targets, minlength=n_items).astype(np.float64)
+    counts = (sequences.target_counts() if isinstance(sequences, ShardedSequences)
+              else np.bincount(sequences.targets, minlength=n_items)).astype(np.float64)
     return (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
 
-def training_items(sequences: Sequences, catalog: Catalog) -> np.ndarray:
+def training_items(sequences: TrainExamples, catalog: Catalog) -> np.ndarray:
     """Ids of the items that occur in training (histories or targets): the id vocabulary."""
+    if isinstance(sequences, ShardedSequences):
+        return catalog.ids[sequences.vocabulary_mask()].astype(str)
     rows = np.unique(np.concatenate([sequences.items, sequences.targets]))
     return catalog.ids[rows].astype(str)
 
 
-def build_recommender(cfg: RecommendationConfig, catalog: Catalog, text_vectors: Optional[np.ndarray], train: Sequences,
+def build_recommender(cfg: RecommendationConfig, catalog: Catalog, text_vectors: Optional[np.ndarray], train: TrainExamples,
                       seed: int) -> SequentialRecommender:
     """The configured model, compiled with Adam."""
     model = SequentialRecommender(
@@ -91,15 +102,21 @@ def item_matrix(model: SequentialRecommender) -> np.ndarray:
 
 def fit_recommender(
     build: Callable[[], SequentialRecommender],
-    train: Sequences,
+    train: TrainExamples,
     cfg: RecommendationConfig,
     trainer: Trainer,
     *,
     epochs: int,
     seed: int,
     validate: Optional[Callable[[Any], dict]] = None,
+    shuffle_buffer: int = 200_000,
 ) -> tuple[SequentialRecommender, TrainResult]:
     """Train ``epochs`` epochs with tfrec's Trainer; returns (model, TrainResult)."""
+    if isinstance(train, ShardedSequences):
+        def streamed(epoch: int) -> Any:
+            return train.dataset(cfg.max_history, cfg.batch_size, epoch_seed(seed, epoch), shuffle_buffer=shuffle_buffer)
+
+        return trainer.fit(build, streamed, epochs, validate=validate)
     arrays = example_arrays(train, cfg.max_history)
     return trainer.fit(build, lambda epoch: epoch_dataset(arrays, cfg.batch_size, epoch_seed(seed, epoch)), epochs,
                        validate=validate)

@@ -12,6 +12,7 @@ import numpy as np
 
 from tfrec.baselines.recommend import baseline_tops
 from tfrec.config.schema import Config
+from tfrec.data.prepared.reader import ShardedSequences
 from tfrec.data.tables import RecommendationData
 from tfrec.evaluation.recommend import CI_METRICS, item_counts, rank_metrics, recommendation_report, top_k_from_vectors
 from tfrec.evaluation.search import paired_bootstrap
@@ -36,7 +37,8 @@ def evaluate_recommender(config: Config, data: RecommendationData, model: Sequen
     rc, catalog, valid = config.recommendation, data.catalog, data.valid
     n_items, k = len(catalog), max(max(config.evaluation.ks), 10)
     history, _ = valid.padded_histories(rc.max_history)
-    counts = item_counts(data.train, n_items)
+    streamed = isinstance(data.train, ShardedSequences)  # training examples left in prepared shards
+    counts = data.train.item_counts() if streamed else item_counts(data.train, n_items)
     items = rt.item_matrix(model)
     # Diversity is measured on text vectors; an id-only model has none, so its own item vectors stand in.
     text = text_vectors if text_vectors is not None else items
@@ -52,8 +54,11 @@ def evaluate_recommender(config: Config, data: RecommendationData, model: Sequen
                                    exclude_history=rc.exclude_history, reference=reference,
                                    n_resamples=config.evaluation.bootstrap_resamples, seed=config.run.seed, per_user=per_user)
     report["significance"] += versus_strongest(report, per_user, name, config.evaluation.bootstrap_resamples, config.run.seed)
-    seen = np.zeros(n_items, bool)
-    seen[np.unique(np.concatenate([data.train.items, data.train.targets]))] = True
+    if streamed:
+        seen = data.train.counts()["vocab_all"].astype(bool)
+    else:
+        seen = np.zeros(n_items, bool)
+        seen[np.unique(np.concatenate([data.train.items, data.train.targets]))] = True
     return Evaluation(RankingMetrics.from_report(report), seen_cold(systems, valid.targets, seen), name, per_user)
 
 

@@ -44,14 +44,14 @@ def select_epochs(config: Config, data: RecommendationData, text_vectors: Option
                   strategy: object) -> tuple[SequentialRecommender, EpochSelection]:
     """Train on all but each user's newest training example, early-stopped on those; returns the best epoch's model."""
     rc, seed, catalog = config.recommendation, config.run.seed, data.catalog
-    rest, holdout = rt.split_newest(data.train)
+    rest, holdout = rt.split_newest(data.train, rc.max_history)
     log.info("%s encoder, %s softmax, %d-d: selecting epochs on %d held-out newest training examples (%d left to train on)",
              rc.encoder, rc.softmax, rc.dim, len(holdout), len(rest))
     # The Trainer validates every epoch and puts the best epoch's weights back.
     model, result = rt.fit_recommender(
         lambda: rt.build_recommender(rc, catalog, text_vectors, rest, seed), rest, rc,
         _trainer(config, folder, "select", strategy, early_stopping=True), epochs=rc.epochs, seed=seed,
-        validate=lambda m: next_item_metrics(m, holdout, rc.max_history),
+        validate=lambda m: next_item_metrics(m, holdout, rc.max_history), shuffle_buffer=config.data.shuffle_buffer,
     )
     best = result.best_epoch if result.best_epoch is not None else result.epochs_run - 1
     return model, EpochSelection(
@@ -69,5 +69,6 @@ def refit_on_all(config: Config, data: RecommendationData, text_vectors: Optiona
     model, result = rt.fit_recommender(
         lambda: rt.build_recommender(rc, data.catalog, text_vectors, data.train, seed), data.train, rc,
         _trainer(config, folder, "refit", strategy, early_stopping=False), epochs=epochs, seed=seed,
+        shuffle_buffer=config.data.shuffle_buffer,
     )
     return model, round(result.examples_per_second, 1)
