@@ -19,9 +19,10 @@ SET    ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 PYTEST_ARGS ?=
 NOTEBOOKS ?=
+SIZES  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all test-install notebooks export serve search tune evaluate bench bench-training bench-serving bench-movielens data validate docs clean
+.PHONY: help setup train test test-all test-install notebooks export serve search tune evaluate bench bench-training bench-serving bench-scale bench-movielens data validate docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -79,6 +80,9 @@ bench-training: $(STAMP) ## two-tower throughput default vs mirrored (2 logical 
 
 bench-serving: $(STAMP) ## served latency/QPS and reliability through the development server (needs `make export`)
 	$(BIN)/tfrec bench --out bench_results --only serving --export-dir $(EXPORT_DIR)
+
+bench-scale: $(STAMP) ## growth to 50M events: in-memory load vs tfrec data prepare + training from shards (SIZES="1M,5M" for fewer; hours at 50M)
+	$(BIN)/tfrec bench --out bench_results --only scale $(if $(SIZES),--scale-sizes $(SIZES))
 
 bench-movielens: $(STAMP) ## TFRS basic-retrieval recipe vs tfrec on MovieLens 100K, one run (bench_results/movielens.json)
 	$(BIN)/tfrec bench --out bench_results --only movielens

@@ -402,7 +402,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmarks and write their results under --out."""
-    for path in run_benchmarks(Path(args.out), only=args.only, data_config=args.config, export_dir=Path(args.export_dir)):
+    sizes = None
+    if args.scale_sizes:
+        from tfrec.benchmarks.scale import parse_sizes
+
+        try:
+            sizes = parse_sizes(args.scale_sizes)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    for path in run_benchmarks(Path(args.out), only=args.only, data_config=args.config, export_dir=Path(args.export_dir),
+                               scale_sizes=sizes):
         _out("bench: %s" % path)
     return 0
 
@@ -553,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
     p.add_argument("--config", default="configs/default.yaml", metavar="FILE", help="config whose data the benchmarks read")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="export the serving benchmark serves (default: %(default)s)")
+    p.add_argument("--scale-sizes", default=None, metavar="LIST", help="events per size for --only scale, e.g. 1M,5M "
+                                                                       "(default: 1M,5M,20M,50M)")
 
     data = add("data", lambda a: 0, "validate, download, prepare or synthesize datasets",
                description="Work with datasets: check a config's data and print its statistics (validate), download a "
@@ -590,6 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", default=None, metavar="FILE", help="Kaggle's Home Depot train.csv or train.csv.zip")
     p.add_argument("--dest", default="data", metavar="DIR", help="with --raw: data root (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p = data_sub.add_parser("synthesize", parents=[common], help="write a synthetic shop of any size for scale tests",
+                            description=cmd_data_synthesize.__doc__ + " Its metrics say nothing about model quality.")
+    p.set_defaults(func=cmd_data_synthesize)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the files and their configs (created if missing)")
+    p.add_argument("--products", required=True, type=_count, metavar="N", help="catalog size, e.g. 500k")
+    p.add_argument("--users", required=True, type=_count, metavar="U", help="users, e.g. 250k")
+    p.add_argument("--events", required=True, type=_count, metavar="E", help="interaction events in all, e.g. 5M (at least --users)")
+    p.add_argument("--judgments", type=_count, default=0, metavar="J",
+                   help="search judgments to write as train.csv/valid.csv (default: none)")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed and sizes give the same bytes (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite files an earlier run wrote")
     p = add("init", cmd_init, "write a commented starter config (DIR/tfrec.yaml) for your own CSV or Parquet files")
     p.add_argument("kind", choices=list(STARTERS), help="; ".join("%s: %s" % (k, v.summary) for k, v in STARTERS.items()))
     p.add_argument("dir", metavar="DIR", help="the folder that holds (or will hold) your data files; created if missing")
