@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from tfrec.data.tables import Sequences
-from tfrec.evaluation.recommend import dot_scores, top_k_from_vectors, top_k_items
+from tfrec.evaluation.recommend import dot_scores, top_k_from_vectors, top_k_shared_scores
 from tfrec.evaluation.recommend import item_counts as training_item_counts
 
 BASELINES = ("popularity", "zero_shot_text")
@@ -47,18 +47,16 @@ def popularity_score_matrix(item_counts: np.ndarray, n_users: int) -> np.ndarray
 def popularity_top_k(
     item_counts: np.ndarray, n_users: int, k: int, exclude: Optional[np.ndarray] = None, batch_size: int = 1024
 ) -> np.ndarray:
-    """int32 [n_users, k]: the most popular items (ties by lower row), ``batch_size`` users at a time when excluding."""
+    """int32 [n_users, k]: the most popular items (ties by lower row), ``batch_size`` users at a time when excluding.
+
+    Everyone shares one ranking, so no [n_users, n_items] matrix is built: an excluding user's
+    list is the ranking's first k items outside their ``exclude`` row.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1, got %d" % batch_size)
-    if exclude is None:  # one list serves everyone
-        return np.repeat(top_k_items(popularity_score_matrix(item_counts, 1), k), n_users, axis=0)
-    if len(exclude) != n_users:
+    if exclude is not None and len(exclude) != n_users:
         raise ValueError("exclude has %d rows but there are %d users" % (len(exclude), n_users))
-    top = np.empty((n_users, k), dtype=np.int32)
-    for start in range(0, n_users, batch_size):
-        stop = min(start + batch_size, n_users)
-        top[start:stop] = top_k_items(popularity_score_matrix(item_counts, stop - start), k, exclude[start:stop])
-    return top
+    return top_k_shared_scores(popularity_scores(item_counts), n_users, k, exclude, batch_size=batch_size)
 
 
 def _check_histories(histories: np.ndarray, n_items: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from tfrec.config.schema import TextConfig
 from tfrec.data.tables import Judgments
+from tfrec.evaluation.chunks import SCORE_CELLS, row_chunk
 from tfrec.evaluation.search import (
     SearchEvalSet,
     end_to_end_ndcg,
@@ -43,6 +44,9 @@ BM25_METHOD = "lucene"
 BM25_K1 = 1.5
 BM25_B = 0.75
 QUERY_CHUNK = 128  # queries per dense [chunk, catalog] float32 score matrix (28 MB for 54,667 products)
+# Scores per [chunk, catalog] matrix: five are alive at once in _score_all (four systems and the
+# hybrid's z-scores), so larger catalogs take fewer queries per chunk (16 at 1M products).
+CHUNK_CELLS = SCORE_CELLS // 4
 RERANK_DEPTH = 100
 BASELINES = ("bm25", "bm25_stemmed", "minilm_zero_shot", "hybrid_bm25_minilm", "bm25_rerank_minilm")
 
@@ -105,7 +109,7 @@ class Bm25Baseline:
     def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k catalog rows int32 [Q, k] and their scores float32 [Q, k] (ties as :func:`top_k`)."""
         _check_k(k, self.n_catalog)
-        return _chunked_top_k(lambda s, e: self.scores(queries[s:e]), len(queries), k)
+        return _chunked_top_k(lambda s, e: self.scores(queries[s:e]), len(queries), k, self.n_catalog)
 
     def score_pairs(self, queries_per_pair: Sequence[str], rows: np.ndarray) -> np.ndarray:
         """BM25 score float32 of each (query, catalog row) pair."""
@@ -159,7 +163,7 @@ class MiniLMBaseline:
     def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k catalog rows int32 [Q, k] and cosines float32 [Q, k] of encoded queries."""
         _check_k(k, self.n_catalog)
-        return _chunked_top_k(lambda s, e: self.scores(query_vectors[s:e]), len(query_vectors), k)
+        return _chunked_top_k(lambda s, e: self.scores(query_vectors[s:e]), len(query_vectors), k, self.n_catalog)
 
     def score_pairs(self, query_vectors_per_pair: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Cosine float32 of each (encoded query, catalog row) pair."""
@@ -181,11 +185,17 @@ def rerank_candidates(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.take_along_axis(np.asarray(candidates), order, axis=1)
 
 
-def _chunked_top_k(score_chunk, n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def query_chunk(n_catalog: int) -> int:
+    """Queries per dense score matrix: :data:`QUERY_CHUNK`, fewer on catalogs over 131,072 products."""
+    return row_chunk(n_catalog, CHUNK_CELLS, most=QUERY_CHUNK)
+
+
+def _chunked_top_k(score_chunk, n_queries: int, k: int, n_catalog: int) -> tuple[np.ndarray, np.ndarray]:
     rows = np.empty((n_queries, k), dtype=np.int32)
     values = np.empty((n_queries, k), dtype=np.float32)
-    for start in range(0, n_queries, QUERY_CHUNK):
-        stop = min(start + QUERY_CHUNK, n_queries)
+    step = query_chunk(n_catalog)
+    for start in range(0, n_queries, step):
+        stop = min(start + step, n_queries)
         rows[start:stop], values[start:stop] = top_k(score_chunk(start, stop), k)
     return rows, values
 
@@ -281,8 +291,9 @@ def _score_all(
     tops["bm25_rerank_minilm"] = np.empty((es.n_queries, depth), dtype=np.int32)
     pair_scores = {name: np.empty(len(es.products), dtype=np.float32) for name in dense_names}
     query_of_pair = es.query_of_judgment()
-    for start in range(0, es.n_queries, QUERY_CHUNK):
-        stop = min(start + QUERY_CHUNK, es.n_queries)
+    step = query_chunk(minilm.n_catalog)
+    for start in range(0, es.n_queries, step):
+        stop = min(start + step, es.n_queries)
         dense = {name: bm25[name].scores(queries[start:stop]) for name in ("bm25", "bm25_stemmed")}
         dense["minilm_zero_shot"] = minilm.scores(query_vectors[start:stop])
         dense["hybrid_bm25_minilm"] = hybrid_scores(dense["bm25_stemmed"], dense["minilm_zero_shot"])

@@ -20,9 +20,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from tfrec.data.tables import Sequences
+from tfrec.evaluation.chunks import SCORE_CELLS, row_chunk
 from tfrec.evaluation.search import paired_bootstrap
 
 EMPTY = -1  # a top-k slot with no item (fewer than k items left after exclusion)
+# Scores per chunk of top_k_items: its working copies take ~17-25 bytes a score (~140-200 MB).
+TOP_K_CELLS = SCORE_CELLS // 8
+DIVERSITY_CELLS = 1 << 23  # float64 list vectors per chunk of intra_list_diversity (64 MB)
+USER_BATCH = 1024  # users scored per matrix product on catalogs up to 65,536 items
 BEYOND_ACCURACY_K = 10
 CI_METRICS = ("recall@10", "ndcg@10")
 NOVELTY_SMOOTHING = "p(item) = (count + 1) / (total + n_items) from training interaction counts"
@@ -34,6 +39,10 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
         raise ValueError("scores must be [examples, n_items], got shape %s" % (scores.shape,))
     if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(scores.dtype, np.complexfloating):
         raise ValueError("scores must be real numbers, got dtype %s" % scores.dtype)
+    return scores
+
+
+def _check_finite(scores: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores hold NaN or infinite values")
     return scores
@@ -56,20 +65,33 @@ def top_k_items(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None
     """Exact top-k item rows int32 [n, k] by descending score, ties by lower row, ``exclude`` rows never returned.
 
     ``exclude`` is [n, H] item rows padded with -1 (e.g. ``Sequences.padded_histories``). When
-    fewer than k items remain after exclusion the last slots hold -1.
+    fewer than k items remain after exclusion the last slots hold -1. Rows are ranked a chunk at a
+    time (:data:`TOP_K_CELLS` scores), so the working copies stay bounded whatever ``n``.
     """
     scores = _check_scores(scores)
     n, n_items = scores.shape
     if not 1 <= k <= n_items:
         raise ValueError("k must be in [1, %d] (the number of items), got %d" % (n_items, k))
     exclude = _check_exclude(exclude, n, n_items)
-    work = scores.astype(np.float64)  # a copy: exclusion must not touch the caller's scores
+    top = np.empty((n, k), dtype=np.int32)
+    step = row_chunk(n_items, TOP_K_CELLS)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        top[start:stop] = _top_k_rows(_check_finite(scores[start:stop]), k, None if exclude is None else exclude[start:stop])
+    return top
+
+
+def _top_k_rows(scores: np.ndarray, k: int, exclude: Optional[np.ndarray]) -> np.ndarray:
+    """:func:`top_k_items` of one chunk of rows (checked arguments)."""
+    # A copy (exclusion must not touch the caller's scores) in which every score is exact: float32
+    # stays float32 (half the memory of float64, the same order), anything else becomes float64.
+    work = scores.astype(scores.dtype if scores.dtype in (np.float32, np.float64) else np.float64)
     if exclude is not None:
         users, slots = np.nonzero(exclude >= 0)
         work[users, exclude[users, slots]] = -np.inf
     candidates = np.argpartition(-work, k - 1, axis=1)[:, :k]
     picked = np.take_along_axis(work, candidates, axis=1)
-    kth = picked.min(axis=1) if n else np.zeros(0)
+    kth = picked.min(axis=1)
     # argpartition picks an arbitrary subset of the items tied with the k-th score; rows with
     # such a tie are re-ranked by a stable full sort, which keeps the lower rows.
     boundary_ties = np.sum(work >= kth[:, None], axis=1) > k
@@ -78,6 +100,41 @@ def top_k_items(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None
         top[i] = np.argsort(-work[i], kind="stable")[:k]
     top = top.astype(np.int32)
     top[np.take_along_axis(work, top.astype(np.int64), axis=1) == -np.inf] = EMPTY
+    return top
+
+
+def top_k_shared_scores(
+    scores: np.ndarray, n: int, k: int, exclude: Optional[np.ndarray] = None, batch_size: int = 1024
+) -> np.ndarray:
+    """:func:`top_k_items` of ``n`` rows that all hold the same ``scores`` [n_items], without an [n, n_items] matrix.
+
+    Each row's list is the first k items of the one shared ranking that its ``exclude`` row
+    (item rows padded with -1) does not name, so only the ranking's first k + H items are read.
+    """
+    row = np.asarray(scores)
+    if row.ndim != 1:
+        raise ValueError("scores must be one row [n_items], got shape %s" % (row.shape,))
+    if n < 0:
+        raise ValueError("n must be >= 0, got %d" % n)
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1, got %d" % batch_size)
+    n_items = len(row)
+    if not 1 <= k <= n_items:
+        raise ValueError("k must be in [1, %d] (the number of items), got %d" % (n_items, k))
+    exclude = _check_exclude(exclude, n, n_items)
+    if exclude is None:
+        return np.repeat(top_k_items(row[None, :], k), n, axis=0)
+    # At most H of the ranking's items are excluded for a row, so its first k + H hold k others.
+    order = top_k_items(row[None, :], min(n_items, k + exclude.shape[1]))[0].astype(np.int64)
+    top = np.empty((n, k), dtype=np.int32)
+    step = max(1, min(batch_size, TOP_K_CELLS // max(1, len(order) * exclude.shape[1])))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        hit = (order[None, :, None] == exclude[start:stop, None, :]).any(axis=2)
+        kept = np.argsort(hit, axis=1, kind="stable")[:, :k]  # the items not excluded first, in ranking order
+        chunk = order[kept].astype(np.int32)
+        chunk[np.take_along_axis(hit, kept, axis=1)] = EMPTY
+        top[start:stop] = chunk
     return top
 
 
@@ -107,10 +164,16 @@ def top_k_from_vectors(
     item_vectors: np.ndarray,
     k: int,
     exclude: Optional[np.ndarray] = None,
-    batch_size: int = 1024,
+    batch_size: Optional[int] = None,
 ) -> np.ndarray:
-    """Top-k item rows int32 [n, k] by :func:`dot_scores`, ``batch_size`` users at a time (see :func:`top_k_items`)."""
+    """Top-k item rows int32 [n, k] by :func:`dot_scores`, ``batch_size`` users at a time (see :func:`top_k_items`).
+
+    The default batch is 1024 users, fewer on catalogs over 65,536 items so that one batch's
+    scores stay within :data:`~tfrec.evaluation.chunks.SCORE_CELLS` (256 MB).
+    """
     users, distinct, of_item = _check_vectors(user_vectors, item_vectors)
+    if batch_size is None:
+        batch_size = row_chunk(len(of_item), most=USER_BATCH)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1, got %d" % batch_size)
     if not 1 <= k <= len(of_item):
@@ -203,15 +266,23 @@ def intra_list_diversity(top: np.ndarray, item_vectors: np.ndarray) -> float:
     """Mean over users of the mean pairwise cosine distance ``1 - cos`` between the items of their list.
 
     Vectors are L2-normalised first; -1 slots are skipped and users with fewer than two items
-    are left out of the mean (NaN if no user has two).
+    are left out of the mean (NaN if no user has two). Users go through in chunks and only their
+    listed items' vectors are normalised, so the memory does not grow with the catalog or the users.
     """
-    units = _unit_rows(item_vectors)
-    top = _check_rows(top, len(units))
+    vectors = np.asarray(item_vectors)
+    if vectors.ndim != 2:
+        raise ValueError("item_vectors must be [n_items, d], got shape %s" % (vectors.shape,))
+    top = _check_rows(top, len(vectors))
     valid = top >= 0
-    vectors = units[np.maximum(top, 0)] * valid[..., None]
-    sum_vec = vectors.sum(axis=1)
-    # sum over ordered pairs i != j of cos = |sum v|^2 - sum |v|^2
-    pair_cos = np.einsum("nd,nd->n", sum_vec, sum_vec) - np.einsum("nkd,nkd->n", vectors, vectors)
+    pair_cos = np.empty(len(top))
+    step = max(1, DIVERSITY_CELLS // max(1, top.shape[1] * vectors.shape[1]))
+    for start in range(0, len(top), step):
+        stop = min(start + step, len(top))
+        listed = np.maximum(top[start:stop], 0)
+        chunk = _unit_rows(vectors[listed.reshape(-1)]).reshape(*listed.shape, vectors.shape[1]) * valid[start:stop, :, None]
+        sum_vec = chunk.sum(axis=1)
+        # sum over ordered pairs i != j of cos = |sum v|^2 - sum |v|^2
+        pair_cos[start:stop] = np.einsum("nd,nd->n", sum_vec, sum_vec) - np.einsum("nkd,nkd->n", chunk, chunk)
     count = valid.sum(axis=1)
     pairs = count * (count - 1)
     defined = pairs > 0

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfrec.data.tables import Judgments
+from tfrec.evaluation.chunks import row_chunk
 
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
@@ -149,9 +150,18 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("scores must be [queries, catalog], got shape %s" % (scores.shape,))
     if not 1 <= k <= scores.shape[1]:
         raise ValueError("k must be in [1, %d] (the catalog size), got %d" % (scores.shape[1], k))
+    tie_keys = tie_break_keys(np.arange(scores.shape[1]))
+    rows = np.empty((len(scores), k), dtype=np.int32)
+    step = row_chunk(scores.shape[1])
+    for start in range(0, len(scores), step):
+        rows[start : start + step] = _top_k_rows(scores[start : start + step], k, tie_keys)
+    return rows, np.take_along_axis(scores, rows, axis=1).astype(np.float32)
+
+
+def _top_k_rows(scores: np.ndarray, k: int, tie_keys: np.ndarray) -> np.ndarray:
+    """The rows of :func:`top_k` for one chunk of queries (the partition copies stay chunk-sized)."""
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores hold NaN or infinite values")
-    tie_keys = tie_break_keys(np.arange(scores.shape[1]))
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
     rows = np.empty((len(scores), k), dtype=np.int32)
     for i, row in enumerate(scores):
@@ -164,7 +174,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             tied = tied[np.argpartition(tie_keys[tied], need - 1)[:need]]
         chosen = np.concatenate([above, tied])
         rows[i] = chosen[np.lexsort((tie_keys[chosen], -row[chosen]))]
-    return rows, np.take_along_axis(scores, rows, axis=1).astype(np.float32)
+    return rows
 
 
 def _check_top(es: SearchEvalSet, top: np.ndarray, k: int, name: str = "top") -> np.ndarray:

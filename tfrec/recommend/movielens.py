@@ -47,6 +47,7 @@ import numpy as np
 from tfrec import compat
 from tfrec.config.schema import Config
 from tfrec.data.tables import Catalog, RecommendationData
+from tfrec.evaluation.chunks import row_chunk
 from tfrec.runs import MOVIELENS, RunFolder, write_json
 from tfrec.text.fusion import FeatureFusion
 from tfrec.training.trainer import Trainer, TrainResult, epoch_seed
@@ -465,10 +466,11 @@ def top_k_accuracy(query_vectors: np.ndarray, candidate_vectors: np.ndarray, pos
     if not len(query_vectors):
         raise ValueError("top_k_accuracy: no queries")
     above = np.empty(len(query_vectors), np.int64)
-    for start in range(0, len(query_vectors), EVAL_BATCH):
-        scores = query_vectors[start:start + EVAL_BATCH] @ candidate_vectors.T
-        positive = scores[np.arange(len(scores)), positive_columns[start:start + EVAL_BATCH]]
-        above[start:start + EVAL_BATCH] = np.sum(scores > positive[:, None], axis=1)
+    step = row_chunk(len(candidate_vectors), most=EVAL_BATCH)
+    for start in range(0, len(query_vectors), step):
+        scores = query_vectors[start:start + step] @ candidate_vectors.T
+        positive = scores[np.arange(len(scores)), positive_columns[start:start + step]]
+        above[start:start + step] = np.sum(scores > positive[:, None], axis=1)
     return {"top_%d_accuracy" % k: float(np.mean(above < k)) for k in ks}
 
 

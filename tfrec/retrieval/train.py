@@ -10,6 +10,7 @@ import numpy as np
 
 from tfrec import compat
 from tfrec.data.tables import Catalog, Judgments
+from tfrec.evaluation.chunks import row_chunk
 from tfrec.log import Progress
 from tfrec.retrieval.model import SearchRetrievalModel
 from tfrec.schedules import WarmupLinearDecay
@@ -76,7 +77,8 @@ def model_top_rows(model: SearchRetrievalModel, catalog: Catalog, depth: int) ->
     def top_rows(queries: np.ndarray) -> np.ndarray:
         q = encode_queries(model, list(queries))
         # The pool is a set: argpartition (unordered top-k) is enough and ~10x cheaper than a sort.
-        return np.concatenate([np.argpartition(-(q[i : i + 256] @ vectors.T), k - 1, axis=1)[:, :k] for i in range(0, len(q), 256)])
+        step = row_chunk(len(vectors), most=256)  # one chunk's scores stay ~256 MB whatever the catalog size
+        return np.concatenate([np.argpartition(-(q[i : i + step] @ vectors.T), k - 1, axis=1)[:, :k] for i in range(0, len(q), step)])
 
     return top_rows
 

@@ -14,7 +14,8 @@ them):
   ``tensorflow/serving/regress``): ``inputs`` serialized ``tf.Example``s with bytes features
   ``query``, ``product_id``, ``title`` -> ``outputs`` float32 [None] (TF Serving's Regress API).
 
-Each carries TF Serving warm-up records built from real catalog titles. Versions and the
+``export.catalog_dtype: float16`` stores ``search_retrieval``'s catalog matrices as float16 (half the
+size; the hybrid scores stay float32). Each carries TF Serving warm-up records built from real catalog titles. Versions and the
 temporary-folder-and-rename publication come from :mod:`tfrec.serving.savedmodel`. An optional
 ScaNN export (dense two-tower scores only, approximate) goes to ``<export_dir>/scann/``, outside
 the folders a stock server is pointed at, because it needs a ScaNN-enabled server.
@@ -40,6 +41,7 @@ from tfrec.serving.savedmodel import REGRESS_METHOD, predict_log, regress_log
 from tfrec.config.loader import load_config
 from tfrec.data.datasets import load_data
 from tfrec.data.slices import slice_for_config
+from tfrec.evaluation.chunks import SCORE_CELLS, row_chunk
 from tfrec.lexical import LexicalScorer
 from tfrec.ranking.model import LEXICAL_FEATURES
 from tfrec.retrieval.index import build_index
@@ -63,17 +65,19 @@ class RetrievalExport(tf.Module):
 
     def __init__(self, retrieval: Any, zero_encoder: Any, lexical: Any, catalog_dense: np.ndarray,
                  catalog_zero: np.ndarray, ids: np.ndarray, weights: HybridWeights, k: int,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+                 chunk_rows: Optional[int] = None, catalog_dtype: str = "float32") -> None:
         super().__init__()
         self.query_encoder = retrieval.query_encoder
         self.zero_encoder = zero_encoder if weights.zero_shot else None
-        # Only the components the weights use are saved.
-        self.hybrid = HybridScorer(catalog_dense, catalog_zero if weights.zero_shot else None, lexical if weights.lexical else None)
+        # Only the components the weights use are saved; catalog_dtype float16 halves their matrices.
+        self.hybrid = HybridScorer(catalog_dense, catalog_zero if weights.zero_shot else None, lexical if weights.lexical else None,
+                                   dtype=catalog_dtype)
         self.ids = tf.Variable(np.asarray(ids).astype(str).astype(object), trainable=False, dtype=tf.string, name="product_ids")
         self.weights = weights
         self.k = int(min(k, len(ids)))
-        # A few [chunk_rows, N] score matrices are alive at once, whatever the request's batch size.
-        self.chunk_rows = chunk_rows
+        # A few [chunk_rows, N] score matrices are alive at once, whatever the request's batch size:
+        # DEFAULT_CHUNK_ROWS, fewer on catalogs over 524,288 products (each matrix within 64 MB).
+        self.chunk_rows = chunk_rows or row_chunk(len(ids), SCORE_CELLS // 4, most=DEFAULT_CHUNK_ROWS)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query")])
     def serve(self, query: Any) -> dict:
@@ -159,6 +163,7 @@ class SearchModels:
     top_k: int
     catalog_columns: Optional[CatalogFeatureLookup] = None  # the catalog columns the ranker head fuses
     rerank: bool = True  # whether the run kept its ranker (else the service keeps retrieval order)
+    catalog_dtype: str = "float32"  # export.catalog_dtype: how search_retrieval stores its catalog matrices
 
 
 def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
@@ -180,7 +185,7 @@ def export_search(models: SearchModels, export_dir: Path, version: Optional[int]
     """
     retrieval = RetrievalExport(
         models.retrieval, models.zero_encoder, models.lexical, models.catalog_dense, models.catalog_zero,
-        models.ids, models.weights, models.top_k,
+        models.ids, models.weights, models.top_k, catalog_dtype=models.catalog_dtype,
     )
     ranker = RankerExport(models.retrieval, models.zero_encoder, models.lexical, models.head,
                           models.catalog_dense, models.catalog_zero, models.ids, models.titles,
@@ -286,6 +291,7 @@ def load_search_models(run_dir: Path) -> SearchModels:
         weights=HybridWeights(**search["hybrid_weights"]), top_k=int(search["top_k"]),
         catalog_columns=catalog_features(cfg, data.catalog),
         rerank=bool(search.get("rerank", True)),  # runs before the choice existed always re-ranked
+        catalog_dtype=cfg.export.catalog_dtype,
     )
 
 

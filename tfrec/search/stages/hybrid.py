@@ -48,10 +48,11 @@ def choose_weights(ctx: SearchContext, scorer: CatalogScorer, queries: QuerySpli
     if not tune.any():
         return HybridChoice(HybridWeights(1.0, rc.lexical_weight or 0.0, rc.zero_shot_weight or 0.0), [])
     es = subset_eval_set(queries.valid, tune)
-    components = [
+    # A generator: tune_weights reads each batch once, so the tuning queries' scores are never all in memory.
+    components = (
         (zd, zl, zz)
         for _, zd, zl, zz in scorer.z_components(dense.valid[tune], zero.valid[tune], queries.valid.queries[tune])
-    ]
+    )
     k = min(rc.top_k, len(ctx.data.catalog))
     lexical_grid = LEXICAL_GRID if rc.lexical_weight is None else (rc.lexical_weight,)
     zero_grid = ZERO_SHOT_GRID if rc.zero_shot_weight is None else (rc.zero_shot_weight,)

@@ -15,6 +15,7 @@ import numpy as np
 
 from tfrec.data.tables import Judgments
 from tfrec.evaluation import search as ev
+from tfrec.evaluation.chunks import row_chunk
 from tfrec.retrieval.train import (
     add_mined_negatives, encode_catalog, encode_queries, mine_negatives, model_top_rows, train_retrieval, training_pairs,
 )
@@ -146,7 +147,8 @@ def _dense_validation(ctx: SearchContext, es: ev.SearchEvalSet) -> Callable[[Any
         catalog = encode_catalog(model, ctx.ids, ctx.titles, progress=False)
         queries = encode_queries(model, list(es.queries))
         k = min(max(max(ctx.cfg.evaluation.ks), 10), len(catalog))
-        top = np.concatenate([ev.top_k(queries[i : i + 256] @ catalog.T, k)[0] for i in range(0, len(queries), 256)])
+        step = row_chunk(len(catalog), most=256)  # one chunk's scores stay ~256 MB whatever the catalog size
+        top = np.concatenate([ev.top_k(queries[i : i + step] @ catalog.T, k)[0] for i in range(0, len(queries), step)])
         recall = ev.recall_at_k(es, top, [k])
         return {"ndcg@10": ev.end_to_end_ndcg(es, top, 10)[0], "recall@%d" % k: recall[k], "mrr": ev.mrr(es, top)}
 
