@@ -101,6 +101,9 @@ def spark_session(options: EngineOptions, log_path: Path) -> Any:
         .config("spark.driver.extraJavaOptions", "-Dlog4j2.configurationFile=file:%s" % log_config)
         .config("spark.executor.extraJavaOptions", "-Dlog4j2.configurationFile=file:%s" % log_config)
         .config("spark.sql.shuffle.partitions", str(options.shards))
+        # Input splits of 16 MB instead of 128 MB: more, smaller read tasks keep every core busy (measured:
+        # 5M events 137 s -> 95 s on 2 cores); line numbers stay exact (they come from each split's offset).
+        .config("spark.sql.files.maxPartitionBytes", str(16 << 20))
         # A fixed partition count: each shuffle partition is one shard, the same on every rerun.
         .config("spark.sql.adaptive.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
