@@ -282,3 +282,30 @@ def test_interrupted_shard_is_never_complete(tmp_path) -> None:
     with pytest.raises(ValueError, match="truncated"):
         list(read_records(tmp_path / "t.tfrecord.gz"))
     assert mf.data_config_hash(load_config(None).config.data) == mf.data_config_hash(load_config(None, ["data.prepared=x"]).config.data)
+
+
+def test_prepare_command_line_forms(capsys) -> None:
+    """--config with --out prepares; homedepot --raw converts; anything in between says which form it needs."""
+    assert main(["data", "prepare", "--out", "x"]) == 2
+    assert "--config CONFIG --out DIR" in capsys.readouterr().err
+    assert main(["data", "prepare", "homedepot"]) == 2
+    assert "homedepot --raw FILE" in capsys.readouterr().err
+    assert main(["data", "prepare", "--config", "quick", "--out", "x", "--shards", "0"]) == 2
+    assert "--shards must be at least 1" in capsys.readouterr().err
+
+
+def test_growth_benchmark_measures_the_whole_process_tree(tmp_path) -> None:
+    """The benchmark's sampler adds up a child's own children (as Spark's JVM and workers are)."""
+    import sys
+
+    from tfrec.benchmarks.scale import SIZES, measure, parse_sizes
+
+    code = ("import subprocess, sys, time; x = bytearray(150 << 20); "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; y = bytearray(150 << 20); y[::4096] = b\\'x\\' * len(y[::4096]); "
+            "time.sleep(2)']); x[::4096] = b'x' * len(x[::4096]); p.wait()")
+    result = measure([sys.executable, "-c", code], tmp_path / "log.txt")
+    assert result["exit_code"] == 0 and result["processes_at_peak"] >= 2
+    assert result["peak_rss_gb"] >= 0.28  # both 150 MB buffers, touched, at once
+    assert parse_sizes("1M,5M") == [1_000_000, 5_000_000] and set(parse_sizes("1M,5M,20M,50M")) == set(SIZES)
+    with pytest.raises(ValueError, match="scale sizes are"):
+        parse_sizes("3M")
