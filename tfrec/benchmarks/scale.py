@@ -91,7 +91,8 @@ def run_size(events: int, work: Path, max_train_steps: int, workers: Optional[in
     shop = work / ("shop-%s" % _short(events))
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    row: dict[str, Any] = {"events": events, "products": products, "users": users, "stages": {}}
+    row: dict[str, Any] = {"events": events, "products": products, "users": users, "when": time.strftime("%Y-%m-%d %H:%M"),
+                           "load_average_before": round(os.getloadavg()[0], 1), "stages": {}}
     if not (shop / "tfrec.yaml").is_file():
         result = measure(_tfrec("data", "synthesize", "--out", str(shop), "--products", str(products), "--users", str(users),
                                 "--events", str(events), "--quiet", "--force"), logs / ("synthesize-%s.log" % _short(events)))
@@ -123,18 +124,23 @@ def run_size(events: int, work: Path, max_train_steps: int, workers: Optional[in
     return row
 
 
-def run(out_dir: Path, sizes: Optional[list[int]] = None, work: Optional[Path] = None, max_train_steps: int = 2000,
+def run(out_dir: Path, sizes: Optional[list[int]] = None, work: Optional[Path] = None, max_train_steps: int = 500,
         workers: Optional[int] = None) -> list[Path]:
     """Measure every size (default: all of SIZES); write scale.json, scale.md and scale.png under ``out_dir``."""
     import tempfile
 
     sizes = sizes or list(SIZES)
     work = Path(work or os.environ.get("TFREC_BENCH_WORK") or Path(tempfile.gettempdir()) / "tfrec-bench-scale")
-    rows = []
+    # Sizes measured by an earlier run and not repeated now are kept (each row says when it ran).
+    previous = out_dir / "scale.json"
+    kept = {}
+    if previous.is_file():
+        kept = {r["events"]: r for r in json.loads(previous.read_text(encoding="utf-8")).get("sizes", []) if r["events"] not in sizes}
+    rows = dict(kept)
     for events in sizes:
-        rows.append(run_size(events, work, max_train_steps, workers))
-        _write(out_dir, rows)  # after every size: a long run that stops part way keeps what it measured
-    return _write(out_dir, rows)
+        rows[events] = run_size(events, work, max_train_steps, workers)
+        _write(out_dir, [rows[e] for e in sorted(rows)])  # after every size: a run that stops part way keeps what it measured
+    return _write(out_dir, [rows[e] for e in sorted(rows)])
 
 
 def _write(out_dir: Path, rows: list[dict]) -> list[Path]:
@@ -149,6 +155,8 @@ def _write(out_dir: Path, rows: list[dict]) -> list[Path]:
           "sampled every %(sample_seconds)s s." % meta, "",
           "| events | products | users | stage | wall (s) | events/s | peak RSS (GB) | note |",
           "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    when = ["- %s events: measured %s, load average %s before it started" % ("{:,}".format(r["events"]), r.get("when", "?"),
+                                                                             r.get("load_average_before", "?")) for r in rows]
     for row in rows:
         for stage, r in row["stages"].items():
             note = r.get("refused", "")
@@ -158,6 +166,7 @@ def _write(out_dir: Path, rows: list[dict]) -> list[Path]:
             md.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 "{:,}".format(row["events"]), "{:,}".format(row["products"]), "{:,}".format(row["users"]), stage, r["seconds"],
                 "{:,}".format(rate) if rate != "" else "", r["peak_rss_gb"], note.replace("|", "/")))
+    md += ["", *when]
     md_path = out_dir / "scale.md"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
     png = out_dir / "scale.png"

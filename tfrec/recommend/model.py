@@ -63,7 +63,7 @@ class SequentialRecommender(tfrs.models.Model):
             raise ValueError("softmax must be one of %s, got %r" % (", ".join(SOFTMAX_KINDS), softmax))
         if temperature <= 0:
             raise ValueError("temperature must be > 0, got %r" % (temperature,))
-        if text_vectors is None and not train_items:
+        if text_vectors is None and (train_items is None or len(train_items) == 0):
             raise ValueError("an item needs text vectors, an id vocabulary (train_items) or both")
         if text_vectors is not None and np.asarray(text_vectors).shape[0] != len(ids):
             raise ValueError("text_vectors has %d rows for %d catalog items" % (np.asarray(text_vectors).shape[0], len(ids)))

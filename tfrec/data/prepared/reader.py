@@ -235,9 +235,6 @@ class ShardedSequences:
 
 
 def _newest_sequences(prepared: Prepared, split: str, max_history: int) -> Sequences:
-    from tfrec import compat
-
-    tf = compat.tensorflow()
     ds = example_stream(prepared.files(split), max_history, part="newest", batch_size=READ_BATCH * 8, seed=0, shuffle_buffer=0,
                         with_users=True)
     histories, targets, users = [], [], []
@@ -245,7 +242,6 @@ def _newest_sequences(prepared: Prepared, split: str, max_history: int) -> Seque
         histories.append(batch["history_index"].numpy())
         targets.append(batch["target_index"].numpy())
         users.append(batch["user"].numpy())
-    del tf
     history = np.concatenate(histories) if histories else np.zeros((0, max_history), np.int32)
     lengths = (history >= 0).sum(axis=1)
     flat = history[history >= 0]
