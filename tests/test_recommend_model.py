@@ -175,3 +175,12 @@ def test_residual_model_starts_as_the_zero_shot_text_baseline(encoder):
     history = np.array([[-1, -1, 1, 2, 3, 4], [-1, -1, -1, -1, 5, 9]], np.int32)
     scores = model.user_vectors(history).numpy() @ model.catalog_vectors().numpy().T
     np.testing.assert_allclose(scores, zero_shot_history_scores(history, text), rtol=1e-5, atol=1e-5)
+
+
+def test_an_id_only_model_takes_its_vocabulary_as_a_numpy_array():
+    """Without text vectors the id vocabulary carries every item (training_items returns a numpy array)."""
+    model = SequentialRecommender(IDS, None, np.asarray(IDS[:20]), encoder="gru", dim=8, max_history=6, seed=0)
+    history = np.array([[-1, -1, -1, 1, 2, 3]], np.int32)
+    assert model.user_vectors(history).shape == (1, 8)
+    with pytest.raises(ValueError, match="text vectors, an id vocabulary"):
+        SequentialRecommender(IDS, None, np.asarray([], dtype=str))
