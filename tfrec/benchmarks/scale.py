@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -106,8 +107,9 @@ def run_size(events: int, work: Path, max_train_steps: int, workers: Optional[in
         result["refused"] = _last_line(log)
     row["stages"]["in-memory load"] = result
     prepared = work / ("prepared-%s" % _short(events))
+    shutil.rmtree(prepared, ignore_errors=True)  # an up-to-date folder would make prepare a no-op: measure a full run
     log = logs / ("prepare-%s.log" % _short(events))
-    command = _tfrec("data", "prepare", "--config", config, "--out", str(prepared), "--force", "--quiet")
+    command = _tfrec("data", "prepare", "--config", config, "--out", str(prepared), "--quiet")
     if workers:
         command += ["--workers", str(workers)]
     result = measure(command, log)
