@@ -309,3 +309,21 @@ def test_growth_benchmark_measures_the_whole_process_tree(tmp_path) -> None:
     assert parse_sizes("1M,5M") == [1_000_000, 5_000_000] and set(parse_sizes("1M,5M,20M,50M")) == set(SIZES)
     with pytest.raises(ValueError, match="scale sizes are"):
         parse_sizes("3M")
+
+
+def test_a_recommender_trains_from_the_shards(shop, tmp_path) -> None:
+    """tfrec train with data.prepared runs the whole sequential pipeline on streamed examples and evaluates every valid user."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cli_runs import train_run
+
+    run = train_run(tmp_path / "runs", str(shop / "strict.yaml"),
+                    ["data.prepared=%s" % (shop / "prepared"), "text.max_length=32", "recommendation.epochs=1",
+                     "recommendation.encoder=mean", "train.progress=false", "evaluation.bootstrap_resamples=100", "run.name=shop"], "shop")
+    metrics = json.loads((run / "metrics.json").read_text())
+    memory = load_data(load_config(shop / "strict.yaml"))
+    assert metrics["n_items"] == 300 and metrics["n_users"] == len(memory.valid)
+    assert (run / "recommender" / "weights.index").is_file()
+    stats = json.loads((run / "data_stats.json").read_text())
+    assert stats["prepared"] == str(shop / "prepared") and stats["train"]["examples"] == len(memory.train)
