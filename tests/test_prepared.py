@@ -327,3 +327,28 @@ def test_a_recommender_trains_from_the_shards(shop, tmp_path) -> None:
     assert (run / "recommender" / "weights.index").is_file()
     stats = json.loads((run / "data_stats.json").read_text())
     assert stats["prepared"] == str(shop / "prepared") and stats["train"]["examples"] == len(memory.train)
+
+
+def test_catalog_text_vectors_are_encoded_on_the_workers_through_the_embedding_cache(shop, tmp_path) -> None:
+    """--text-vectors: every product's vector, keyed by row and id, equal to the in-process encoder's; a rerun encodes nothing."""
+    from tfrec.data.prepared.reader import read_text_vectors
+    from tfrec.text.catalog import catalog_text_features, catalog_vector_key
+
+    loaded = load_config(shop / "strict.yaml", ["text.max_length=32"])
+    first = prepare(loaded, tmp_path / "with_vectors", workers=2, shards=2, text_vectors=True)
+    entry = first.manifest["text_vectors"]
+    assert entry["items"] == 300 and entry["encoded"] + entry["from_cache"] == 300 and entry["dim"] == 384
+    prepared = open_prepared(first.folder, loaded.config.data)
+    key = catalog_vector_key(loaded.config.text)
+    vectors = read_text_vectors(prepared, key)
+    catalog = read_catalog(prepared)
+    expected, stats = catalog_text_features(catalog.text().astype(str), loaded.config.text, progress=False)
+    assert stats.encoded == 0  # the workers filled the embedding cache
+    np.testing.assert_array_equal(vectors, expected)
+    assert read_text_vectors(prepared, key + "-other-model") is None
+    from tfrec.recommend.stages.item_text import item_text_vectors
+
+    training = load_config(shop / "strict.yaml", ["text.max_length=32", "data.prepared=%s" % first.folder])
+    np.testing.assert_array_equal(item_text_vectors(training.config, catalog), vectors)
+    again = prepare(loaded, tmp_path / "again", workers=2, shards=2, text_vectors=True)
+    assert again.manifest["text_vectors"]["encoded"] == 0 and again.manifest["text_vectors"]["from_cache"] == 300

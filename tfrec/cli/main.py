@@ -162,7 +162,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UsageError("--shards must be at least 1, got %d" % args.shards)
     loaded = _load(args)
     result = prepare(loaded, Path(args.out), master=args.master, workers=args.workers, shards=args.shards,
-                     driver_memory=args.driver_memory, force=args.force)
+                     driver_memory=args.driver_memory, force=args.force, text_vectors=args.text_vectors)
     manifest = result.manifest
     if result.up_to_date:
         _out("up to date: %s was prepared from these files with this data config (shards checked)" % result.folder)
@@ -597,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N", help="local worker threads (default: every core)")
     p.add_argument("--shards", type=int, default=16, metavar="N", help="shards per split (default: %(default)s)")
     p.add_argument("--driver-memory", default="1g", metavar="SIZE", help="Spark driver JVM heap (default: %(default)s)")
+    p.add_argument("--text-vectors", action="store_true", help="also encode every product's text with the config's frozen "
+                                                               "text model on the workers (through the embedding cache)")
     p.add_argument("dataset", nargs="?", choices=["homedepot"], help="with --raw: the raw dataset to convert (homedepot)")
     p.add_argument("--raw", default=None, metavar="FILE", help="Kaggle's Home Depot train.csv or train.csv.zip")
     p.add_argument("--dest", default="data", metavar="DIR", help="with --raw: data root (default: %(default)s)")

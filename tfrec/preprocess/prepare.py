@@ -53,7 +53,7 @@ class PrepareResult:
 
 
 def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, workers: Optional[int] = None,
-            shards: int = 16, driver_memory: str = "1g", force: bool = False) -> PrepareResult:
+            shards: int = 16, driver_memory: str = "1g", force: bool = False, text_vectors: bool = False) -> PrepareResult:
     """Validate, split and write the data a config names to ``out`` as TFRecord shards plus manifest.json."""
     from tfrec.preprocess.spark_job import EngineOptions, expand_inputs
 
@@ -73,7 +73,10 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
     config_hash = mf.data_config_hash(data)
     if (out / mf.MANIFEST).is_file():
         existing = mf.read_manifest(out)
-        if existing.get("config_hash") == config_hash and existing.get("inputs") == fingerprint:
+        wanted = _vector_key(cfg.text) if text_vectors else None
+        has = (existing.get("text_vectors") or {}).get("model_key")
+        if (existing.get("config_hash") == config_hash and existing.get("inputs") == fingerprint
+                and (wanted is None or wanted == has)):
             mf.verify_shards(out, existing)
             return PrepareResult(out, existing, up_to_date=True, seconds=time.perf_counter() - started)
         if not force:
@@ -143,6 +146,8 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
             stats["interactions"]["users_with_fewer_than_3_events"] = result.short_users
             extra["dead_letter"] = "dead_letter" if result.drops else None
         catalog_entry = _write_catalog(staging / "catalog", catalog)
+        if text_vectors:
+            extra["text_vectors"] = _text_vector_step(catalog, cfg.text, staging, master, workers, driver_memory, engine)
         (staging / "vocab").mkdir(exist_ok=True)
         (staging / "vocab" / "items.txt").write_text("".join(i + "\n" for i in catalog.ids.astype(str)), encoding="utf-8")
         manifest = {
@@ -161,6 +166,32 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PrepareResult(out, manifest, up_to_date=False, seconds=time.perf_counter() - started)
+
+
+def _vector_key(text_cfg: Any) -> str:
+    from tfrec.text.catalog import catalog_vector_key  # lazy: imports TensorFlow
+
+    return catalog_vector_key(text_cfg)
+
+
+def _text_vector_step(catalog: Catalog, text_cfg: Any, staging: Path, master: Optional[str], workers: Optional[int],
+                      driver_memory: str, engine: dict) -> dict[str, Any]:
+    """Frozen text vectors of every product, encoded on Spark's workers (a session of its own)."""
+    from tfrec.preprocess.spark_job import EngineOptions, spark_session
+    from tfrec.preprocess.text_vectors import write_text_vectors
+
+    options = EngineOptions(master=master, workers=workers, driver_memory=driver_memory, local_dir=str(staging / "_spark"))
+    spark = spark_session(options, staging / "spark.log")
+    try:
+        # One partition per worker slot: each loads the encoder once.
+        partitions = spark.sparkContext.defaultParallelism
+        entry = write_text_vectors(spark, catalog, text_cfg, staging, partitions)
+    finally:
+        spark.stop()
+    shutil.rmtree(staging / "_spark", ignore_errors=True)
+    engine.setdefault("text_vectors", {"name": "spark", "master": options.resolved_master(), "partitions": partitions})
+    log.info("text vectors: %d products, %d encoded, %d from the embedding cache", entry["items"], entry["encoded"], entry["from_cache"])
+    return entry
 
 
 def _check_preparable(loaded: LoadedConfig) -> None:

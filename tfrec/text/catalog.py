@@ -13,7 +13,7 @@ from tfrec import compat
 from tfrec.config.schema import TextConfig
 from tfrec.text.cache import CacheStats, EmbeddingCache, encoder_fingerprint
 from tfrec.text.encoder import TextEncoder
-from tfrec.text.model_files import resolve_model_files
+from tfrec.text.model_files import ModelFiles, resolve_model_files
 from tfrec.text.quantized import Int8CatalogEncoder
 
 tf = compat.tensorflow()
@@ -44,20 +44,19 @@ def float32_encode_fn(encoder: TextEncoder) -> Callable[[Sequence[str]], np.ndar
     return encode
 
 
+def catalog_vector_key(text_cfg: TextConfig, files: ModelFiles | None = None) -> str:
+    """The embedding cache's key for frozen catalog vectors of a text config: model files, settings and engine."""
+    files = files or resolve_model_files(text_cfg.model_dir)
+    return encoder_fingerprint(files.dir, max_length=text_cfg.max_length, lowercase=files.lowercase, pooling=text_cfg.pooling,
+                               normalize=text_cfg.normalize, extra={"engine": text_cfg.catalog_engine})
+
+
 def catalog_text_features(
     texts: Sequence[str], text_cfg: TextConfig, *, progress: bool = True, encoder: TextEncoder | None = None
 ) -> tuple[np.ndarray, CacheStats]:
     """Return frozen vectors [n, dim] for ``texts`` (cached by model, settings, engine and text)."""
     encoder = encoder or frozen_encoder(text_cfg)
-    files = encoder.files
-    key = encoder_fingerprint(
-        files.dir,
-        max_length=text_cfg.max_length,
-        lowercase=files.lowercase,
-        pooling=text_cfg.pooling,
-        normalize=text_cfg.normalize,
-        extra={"engine": text_cfg.catalog_engine},
-    )
+    key = catalog_vector_key(text_cfg, encoder.files)
     if text_cfg.catalog_engine == "int8":
         encode = Int8CatalogEncoder(encoder)
     else:

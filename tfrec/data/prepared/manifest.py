@@ -78,6 +78,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def shard_entries(manifest: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(part, shard entry) for every shard the manifest lists: the catalog's and each split's."""
     out = [("catalog", s) for s in manifest["catalog"]["shards"]]
+    out += [("text_vectors", s) for s in (manifest.get("text_vectors") or {}).get("shards", [])]
     for split, entry in manifest["splits"].items():
         out += [(split, s) for s in entry["shards"]]
     return out

@@ -36,7 +36,10 @@ class Prepared:
 
     def files(self, part: str) -> list[str]:
         """The shard paths of ``part`` (catalog, train, valid, test), in manifest order."""
-        shards = self.manifest["catalog"]["shards"] if part == "catalog" else self.manifest["splits"][part]["shards"]
+        if part in ("catalog", "text_vectors"):
+            shards = self.manifest[part]["shards"]
+        else:
+            shards = self.manifest["splits"][part]["shards"]
         return [str(self.folder / part / s["file"]) for s in shards]
 
     def counts(self) -> dict[str, np.ndarray]:
@@ -107,6 +110,31 @@ def read_catalog(prepared: Prepared) -> Catalog:
         categorical={k: text(arrays["categorical:" + k]) for k in entry["categorical"]},
         source=entry["source"],
     )
+
+
+def read_text_vectors(prepared: Prepared, model_key: str) -> Optional[np.ndarray]:
+    """The catalog's frozen text vectors [n_items, dim] in row order, or None when the folder has none for ``model_key``."""
+    entry = prepared.manifest.get("text_vectors")
+    if not entry or entry.get("model_key") != model_key:
+        return None
+    from tfrec import compat
+
+    tf = compat.tensorflow()
+    n, dim = prepared.manifest["catalog"]["items"], entry["dim"]
+    spec = {"row": tf.io.FixedLenFeature([], tf.int64), "vector": tf.io.FixedLenFeature([dim], tf.float32)}
+    vectors = np.zeros((n, dim), np.float32)
+    seen = np.zeros(n, bool)
+    try:
+        for batch in _records(tf, prepared.files("text_vectors")).batch(READ_BATCH * 8).map(lambda r: tf.io.parse_example(r, spec)):
+            rows = batch["row"].numpy()
+            vectors[rows] = batch["vector"].numpy()
+            seen[rows] = True
+    except tf.errors.OpError as err:
+        raise _read_error(str(prepared.folder / "text_vectors"), err) from None
+    if not seen.all():
+        raise DataError(str(prepared.folder / "text_vectors"), "has no vector for %d of %d products (prepare it again)"
+                        % (int((~seen).sum()), n))
+    return vectors
 
 
 def read_judgments(prepared: Prepared, split: str) -> Judgments:
