@@ -161,7 +161,8 @@ def _write(out_dir: Path, rows: list[dict]) -> list[Path]:
                                                                              r.get("load_average_before", "?")) for r in rows]
     for row in rows:
         for stage, r in row["stages"].items():
-            note = r.get("refused", "")
+            # The memory check's message, up to where it lists files and remedies.
+            note = "refused: %s" % r["refused"].split(": ", 2)[-1].split(";")[0] if r.get("refused") else ""
             if stage == "train from shards":
                 note = "%d of %d batches of %d, %s examples/s" % (r["batches"], r["epoch_batches"], r["batch_size"], r["examples_per_second"])
             rate = r.get("events_per_second", round(row["events"] / r["seconds"]) if stage != "train from shards" and not note else "")
@@ -190,8 +191,10 @@ def _plot(rows: list[dict], path: Path) -> None:
         if not points:
             continue
         x = [p[0] for p in points]
-        axes[0].plot(x, [p[1]["seconds"] for p in points], marker="o", label=stage)
-        axes[1].plot(x, [p[1]["peak_rss_gb"] for p in points], marker="o", label=stage)
+        # Training runs a fixed number of batches per size: its time is a rate, not a whole epoch.
+        label = "%s (%d batches)" % (stage, points[0][1]["batches"]) if stage == "train from shards" else stage
+        axes[0].plot(x, [p[1]["seconds"] for p in points], marker="o", label=label)
+        axes[1].plot(x, [p[1]["peak_rss_gb"] for p in points], marker="o", label=label)
     for ax, label in zip(axes, ("wall time (s)", "peak RSS of the process tree (GB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
