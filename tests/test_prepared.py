@@ -144,6 +144,12 @@ def test_rerun_is_a_no_op_and_a_changed_config_is_refused(shop, capsys) -> None:
         load_data(load_config(shop / "strict.yaml", ["data.catalog.numeric_columns=[]", "data.prepared=%s" % (shop / "prepared")]))
     assert main(["data", "prepare", "--config", str(shop / "strict.yaml"), "--out", str(shop / "prepared"), "--quiet"]) == 0
     assert "up to date" in capsys.readouterr().out
+    # A folder tfrec did not write is never replaced, even with --force.
+    (shop / "mine").mkdir()
+    (shop / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        prepare(load_config(shop / "strict.yaml"), shop / "mine", force=True)
+    assert (shop / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_damaged_folders_are_refused_naming_the_file(shop, tmp_path) -> None:

@@ -75,15 +75,17 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
         existing = mf.read_manifest(out)
         wanted = _vector_key(cfg.text) if text_vectors else None
         has = (existing.get("text_vectors") or {}).get("model_key")
-        if (existing.get("config_hash") == config_hash and existing.get("inputs") == fingerprint
-                and (wanted is None or wanted == has)):
+        same = existing.get("config_hash") == config_hash and existing.get("inputs") == fingerprint
+        if same and (wanted is None or wanted == has):
             mf.verify_shards(out, existing)
             return PrepareResult(out, existing, up_to_date=True, seconds=time.perf_counter() - started)
         if not force:
-            raise DataError(str(out), "holds a dataset prepared from other inputs or another data config; pass --force to "
-                                      "replace it, or choose another --out")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise DataError(str(out), "exists and is not a prepared dataset; choose an empty or new folder (or --force to replace it)")
+            why = ("was prepared without text vectors of this text model" if same else
+                   "holds a dataset prepared from other inputs or another data config")
+            raise DataError(str(out), "%s; pass --force to replace it, or choose another --out" % why)
+    elif out.exists() and any(out.iterdir()):
+        # Never deleted, --force or not: it is not something tfrec data prepare wrote.
+        raise DataError(str(out), "exists and is not a prepared dataset (no %s); choose an empty or new folder" % mf.MANIFEST)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / (".%s.partial-%d" % (out.name, os.getpid()))
