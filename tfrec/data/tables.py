@@ -146,10 +146,14 @@ class SearchData:
 
 @dataclass
 class RecommendationData:
-    """A catalog with train and valid (history -> next item) examples, and the raw log if any."""
+    """A catalog with train and valid (history -> next item) examples, and the raw log if any.
+
+    From a prepared dataset (``data.prepared``), ``train`` is a
+    :class:`~tfrec.data.prepared.reader.ShardedSequences`: the examples stay in their shards.
+    """
 
     catalog: Catalog
-    train: Sequences
+    train: Sequences  # or ShardedSequences (a prepared dataset)
     valid: Sequences
     interactions: Optional[Interactions] = None
     drops: DropReport = field(default_factory=DropReport)
