@@ -77,6 +77,17 @@ class DropReport:
                             "first_lines": list(numbers), "examples": self.examples[(path, name, reason)]})
         return {"total": self.total, "reasons": reasons}
 
+    @classmethod
+    def from_dict(cls, dropped: dict) -> "DropReport":
+        """The report :meth:`as_dict` described (counts, examples and first lines per file, field and reason)."""
+        report = cls()
+        for r in dropped.get("reasons") or []:
+            key = (r["file"], r.get("field") or "", r["reason"])
+            report.counts[key] += r["rows"]
+            report.examples[key] = list(r.get("examples", []))
+            report.first_lines[key] = (r.get("unit", LINE), list(r.get("first_lines", [])))
+        return report
+
     def lines(self) -> list[str]:
         """The dropped rows as an aligned table by file and reason (empty when nothing was dropped)."""
         return format_drops(self.as_dict())

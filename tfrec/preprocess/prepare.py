@@ -29,7 +29,7 @@ from tfrec.data.datasets import _load_search_csv, load_amazon_scientific, requir
 from tfrec.data.errors import DataError, DropReport, RowChecker
 from tfrec.data.prepared import manifest as mf
 from tfrec.data.prepared.reader import SLICING
-from tfrec.data.prepared.records import ShardWriter, encode_example
+from tfrec.data.prepared.records import ShardWriter, encode_example, shard_name
 from tfrec.data.readers import read_catalog
 from tfrec.data.stats import _catalog_stats, search_stats
 from tfrec.data.tables import Catalog, Judgments, Sequences
@@ -133,10 +133,7 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
                       for s in ("train", "valid", "test")}
             splits["train"]["examples_rest"] = splits["train"]["examples"] - splits["train"]["users"]
             report = checker.report
-            for d in result.drops:
-                report.counts[(d["file"], d["field"], d["reason"])] += d["rows"]
-                report.examples[(d["file"], d["field"], d["reason"])] = d["examples"]
-                report.first_lines[(d["file"], d["field"], d["reason"])] = (d["unit"], d["first_lines"])
+            report.merge(DropReport.from_dict({"reasons": result.drops}))
             c = result.item_counts
             counts = {"train": c["train"], "targets_all": c["targets_all"], "targets_rest": c["targets_rest"],
                       "vocab_all": c["log_items"] > 0, "vocab_rest": c["log_items"] > 0, "seen": c["train"] > 0,
@@ -221,10 +218,6 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _shard_name(index: int, count: int) -> str:
-    return "part-%05d-of-%05d.tfrecord.gz" % (index, count)
-
-
 def _write_catalog(folder: Path, catalog: Catalog) -> dict[str, Any]:
     """The catalog as shards of one Example per product, in row order."""
     folder.mkdir(parents=True)
@@ -233,7 +226,7 @@ def _write_catalog(folder: Path, catalog: Catalog) -> dict[str, Any]:
     shards = []
     texts = {k: v.astype(str) for k, v in catalog.texts.items()}
     for s in range(count):
-        with ShardWriter(folder / _shard_name(s, count), compressed=True) as writer:
+        with ShardWriter(folder / shard_name(s, count), compressed=True) as writer:
             for row in range(s * CATALOG_SHARD_ROWS, min(n, (s + 1) * CATALOG_SHARD_ROWS)):
                 features: dict[str, Any] = {"row": int(row), "product_id": str(catalog.ids[row])}
                 features.update({"text:" + k: v[row] for k, v in texts.items()})
@@ -247,7 +240,7 @@ def _write_catalog(folder: Path, catalog: Catalog) -> dict[str, Any]:
 
 def _write_judgments(folder: Path, judgments: Judgments) -> dict[str, Any]:
     folder.mkdir(parents=True)
-    with ShardWriter(folder / _shard_name(0, 1), compressed=True) as writer:
+    with ShardWriter(folder / shard_name(0, 1), compressed=True) as writer:
         for q, p, label in zip(judgments.queries.astype(str), judgments.products.tolist(), judgments.labels.tolist()):
             writer.write(encode_example({"query": q, "product": int(p), "label": float(label)}))
         entry = writer.close()
@@ -261,7 +254,7 @@ def _write_sequences(folder: Path, sequences: Sequences) -> dict[str, Any]:
     newest = np.zeros(len(sequences), bool)
     if len(sequences):
         newest[sequences.newest_split()[1]] = True
-    with ShardWriter(folder / _shard_name(0, 1), compressed=True) as writer:
+    with ShardWriter(folder / shard_name(0, 1), compressed=True) as writer:
         for user, start, end, target, last in zip(sequences.users.astype(str), sequences.starts, sequences.ends, sequences.targets, newest):
             items = np.append(sequences.items[start:end], target)
             n = int(end - start)

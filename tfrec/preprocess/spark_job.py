@@ -31,7 +31,7 @@ import numpy as np
 
 from tfrec.compat import CompatibilityError
 from tfrec.data.errors import DataError, _reason
-from tfrec.data.prepared.records import ShardWriter, encode_example
+from tfrec.data.prepared.records import ShardWriter, encode_example, shard_name
 from tfrec.data.readers import _parse_float, _parse_timestamp
 from tfrec.data.sources import is_parquet
 
@@ -349,7 +349,7 @@ class _ShardJob:
         from pyspark import TaskContext
 
         part = TaskContext.get().partitionId()
-        name = "part-%05d-of-%05d.tfrecord.gz" % (part, self.shards)
+        name = shard_name(part, self.shards)
         writers = {s: ShardWriter(Path(self.out) / s / name, compressed=True) for s in _SPLITS}
         counts = {k: np.zeros(self.n_items, np.int64) for k in COUNT_ARRAYS}
         hist = {s: np.zeros(1, np.int64) for s in _SPLITS}

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tfrec.config.schema import TextConfig
-from tfrec.data.prepared.records import ShardWriter, encode_example
+from tfrec.data.prepared.records import ShardWriter, encode_example, shard_name
 from tfrec.data.tables import Catalog
 
 TEXT_VECTORS = "text_vectors"
@@ -54,7 +54,7 @@ class _EncodePartition:
         from pyspark import TaskContext
 
         part = TaskContext.get().partitionId()
-        name = "part-%05d-of-%05d.tfrecord.gz" % (part, self.partitions)
+        name = shard_name(part, self.partitions)
         cfg = TextConfig(**self.text_cfg)
         encoder = None
         dim = encoded = cached = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tfrec.data.errors import DataError
-from tfrec.data.prepared.records import file_sha256
+from tfrec.files import file_sha256
 
 FORMAT = "tfrec-prepared"
 FORMAT_VERSION = 1

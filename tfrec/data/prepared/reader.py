@@ -49,13 +49,7 @@ class Prepared:
 
     def drops(self) -> DropReport:
         """The rows prepare dropped in lenient mode, as a DropReport."""
-        report = DropReport()
-        for r in self.manifest["stats"].get("dropped_rows", {}).get("reasons", []):
-            key = (r["file"], r.get("field") or "", r["reason"])
-            report.counts[key] += r["rows"]
-            report.examples[key] = list(r.get("examples", []))
-            report.first_lines[key] = (r.get("unit", "line"), list(r.get("first_lines", [])))
-        return report
+        return DropReport.from_dict(self.manifest["stats"].get("dropped_rows", {}))
 
 
 def open_prepared(folder: Path, data_config: Any = None, checksums: bool = True) -> Prepared:
@@ -78,6 +72,18 @@ def _read_error(path: str, err: Exception) -> DataError:
     return DataError(path, "cannot read the shards (%s); prepare the dataset again" % str(err).splitlines()[0])
 
 
+def _columns(tf: Any, prepared: Prepared, part: str, spec: dict) -> dict[str, np.ndarray]:
+    """Every record of ``part`` parsed with ``spec`` (fixed-length features), as one array per feature, in file order."""
+    parts: dict[str, list] = {k: [] for k in spec}
+    try:
+        for batch in _records(tf, prepared.files(part)).batch(READ_BATCH * 16).map(lambda r: tf.io.parse_example(r, spec)):
+            for k in spec:
+                parts[k].append(batch[k].numpy())
+    except tf.errors.OpError as err:
+        raise _read_error(str(prepared.folder / part), err) from None
+    return {k: np.concatenate(v) if v else np.zeros((0, *spec[k].shape), spec[k].dtype.as_numpy_dtype) for k, v in parts.items()}
+
+
 def read_catalog(prepared: Prepared) -> Catalog:
     """The catalog, in row order."""
     from tfrec import compat
@@ -88,14 +94,7 @@ def read_catalog(prepared: Prepared) -> Catalog:
     spec.update({"text:" + k: tf.io.FixedLenFeature([], tf.string) for k in entry["text_fields"]})
     spec.update({"numeric:" + k: tf.io.FixedLenFeature([], tf.float32) for k in entry["numeric"]})
     spec.update({"categorical:" + k: tf.io.FixedLenFeature([], tf.string) for k in entry["categorical"]})
-    columns: dict[str, list] = {k: [] for k in spec}
-    try:
-        for batch in _records(tf, prepared.files("catalog")).batch(READ_BATCH * 16).map(lambda r: tf.io.parse_example(r, spec)):
-            for k in spec:
-                columns[k].append(batch[k].numpy())
-    except tf.errors.OpError as err:
-        raise _read_error(str(prepared.folder / "catalog"), err) from None
-    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()}
+    arrays = _columns(tf, prepared, "catalog", spec)
     if len(arrays["row"]) != entry["items"] or not np.array_equal(arrays["row"], np.arange(entry["items"])):
         raise DataError(str(prepared.folder / "catalog"), "holds %d rows out of order or missing; the manifest says %d"
                         % (len(arrays["row"]), entry["items"]))
@@ -122,19 +121,12 @@ def read_text_vectors(prepared: Prepared, model_key: str) -> Optional[np.ndarray
     tf = compat.tensorflow()
     n, dim = prepared.manifest["catalog"]["items"], entry["dim"]
     spec = {"row": tf.io.FixedLenFeature([], tf.int64), "vector": tf.io.FixedLenFeature([dim], tf.float32)}
-    vectors = np.zeros((n, dim), np.float32)
-    seen = np.zeros(n, bool)
-    try:
-        for batch in _records(tf, prepared.files("text_vectors")).batch(READ_BATCH * 8).map(lambda r: tf.io.parse_example(r, spec)):
-            rows = batch["row"].numpy()
-            vectors[rows] = batch["vector"].numpy()
-            seen[rows] = True
-    except tf.errors.OpError as err:
-        raise _read_error(str(prepared.folder / "text_vectors"), err) from None
-    if not seen.all():
-        raise DataError(str(prepared.folder / "text_vectors"), "has no vector for %d of %d products (prepare it again)"
-                        % (int((~seen).sum()), n))
-    return vectors
+    arrays = _columns(tf, prepared, "text_vectors", spec)
+    # Range-partitioned by row and written in row order: the vectors are the catalog's rows as read.
+    if not np.array_equal(arrays["row"], np.arange(n)):
+        raise DataError(str(prepared.folder / "text_vectors"), "holds %d vectors out of row order or missing; the catalog has "
+                        "%d products (prepare it again)" % (len(arrays["row"]), n))
+    return arrays["vector"]
 
 
 def read_judgments(prepared: Prepared, split: str) -> Judgments:
@@ -144,18 +136,11 @@ def read_judgments(prepared: Prepared, split: str) -> Judgments:
     tf = compat.tensorflow()
     spec = {"query": tf.io.FixedLenFeature([], tf.string), "product": tf.io.FixedLenFeature([], tf.int64),
             "label": tf.io.FixedLenFeature([], tf.float32)}
-    parts: dict[str, list] = {k: [] for k in spec}
-    try:
-        for batch in _records(tf, prepared.files(split)).batch(READ_BATCH * 16).map(lambda r: tf.io.parse_example(r, spec)):
-            for k in spec:
-                parts[k].append(batch[k].numpy())
-    except tf.errors.OpError as err:
-        raise _read_error(str(prepared.folder / split), err) from None
-    queries = np.concatenate(parts["query"]) if parts["query"] else np.zeros(0, object)
+    arrays = _columns(tf, prepared, split, spec)
     return Judgments(
-        queries=np.asarray([q.decode("utf-8") for q in queries], dtype=object),
-        products=(np.concatenate(parts["product"]) if parts["product"] else np.zeros(0)).astype(np.int32),
-        labels=(np.concatenate(parts["label"]) if parts["label"] else np.zeros(0)).astype(np.float32),
+        queries=np.asarray([q.decode("utf-8") for q in arrays["query"]], dtype=object),
+        products=arrays["product"].astype(np.int32),
+        labels=arrays["label"].astype(np.float32),
         source=prepared.manifest["splits"][split].get("source", split),
     )
 

@@ -10,7 +10,6 @@ framing is TensorFlow's (length, masked CRC32C of the length, data, masked CRC32
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import BinaryIO, Iterable, Mapping, Sequence, Union
 
 import google_crc32c
 import numpy as np
+
+from tfrec.files import file_sha256
 
 FeatureValue = Union[bytes, str, int, float, Sequence[bytes], Sequence[str], Sequence[int], Sequence[float], np.ndarray]
 
@@ -75,6 +76,11 @@ def frame(record: bytes) -> bytes:
     return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
 
 
+def shard_name(index: int, count: int) -> str:
+    """A shard's file name: ``part-00003-of-00016.tfrecord.gz``."""
+    return "part-%05d-of-%05d.tfrecord.gz" % (index, count)
+
+
 class ShardWriter:
     """Writes one TFRecord shard to ``path + '.partial'`` and renames it when closed without error.
 
@@ -119,15 +125,6 @@ class ShardWriter:
     def __exit__(self, kind, value, tb) -> None:
         if kind is not None:
             self.abort()
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_records(path: Union[str, Path]) -> Iterable[bytes]:
