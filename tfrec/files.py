@@ -4,9 +4,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+# scheme://rest: a location on a filesystem named by URI (gs://, s3://, hdfs://, file://), not a local path.
+URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+)://(?P<rest>.*)$")
+
+
+def is_uri(text: Any) -> bool:
+    """Whether ``text`` names a location by URI (``scheme://...``) rather than a local path."""
+    return isinstance(text, str) and URI.match(text) is not None
 
 
 def file_sha256(path: Path) -> str:

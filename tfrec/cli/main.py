@@ -161,7 +161,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise UsageError("--shards must be at least 1, got %d" % args.shards)
     loaded = _load(args)
-    result = prepare(loaded, Path(args.out), master=args.master, workers=args.workers, shards=args.shards,
+    result = prepare(loaded, args.out, master=args.master, workers=args.workers, shards=args.shards,
                      driver_memory=args.driver_memory, force=args.force, text_vectors=args.text_vectors)
     manifest = result.manifest
     if result.up_to_date:

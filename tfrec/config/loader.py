@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import yaml
 
 from tfrec import compat
+from tfrec.files import is_uri
 from tfrec.config.builtin import builtin_config_path, find_config, missing_config_message
 from tfrec.config.quoting import QUOTE_LIMIT, quote_value, shorten
 from tfrec.config.schema import BUILTIN_DATASETS, REMOVED_KEYS, REMOVED_VALUES, Config
@@ -479,6 +480,8 @@ def data_dir_candidates(dataset: str, cwd: Path | None = None) -> list[tuple[str
 
 def _resolve_data_dir(loaded: LoadedConfig) -> None:
     data = loaded.config.data
+    if data.dir and is_uri(data.dir):
+        return  # a remote folder: its files are checked when they are read
     if data.dir:
         folder = Path(data.dir).expanduser()
         if not folder.is_dir():

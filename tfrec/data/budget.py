@@ -23,6 +23,7 @@ from typing import Any, Optional
 from tfrec.config.loader import LoadedConfig
 from tfrec.data.errors import DataError
 from tfrec.data.frames import CATALOG, FRAME_NAMES, INTERACTIONS, TRAIN, VALID, _columns, covers_every_file
+from tfrec.data.locations import Location, parquet_source
 from tfrec.data.sources import is_parquet
 
 CATALOG_KIND, JUDGMENTS_KIND, INTERACTIONS_KIND = "catalog", "judgments", "interactions"
@@ -101,7 +102,7 @@ class Available:
     source: str
 
 
-def estimate_memory(loaded: LoadedConfig, files: Mapping[str, Path], frames: Optional[Mapping[str, Any]] = None, *,
+def estimate_memory(loaded: LoadedConfig, files: Mapping[str, Location], frames: Optional[Mapping[str, Any]] = None, *,
                     sample: bool = True) -> Estimate:
     """Estimate the memory reading ``files`` (config key -> path) and ``frames`` (config key -> DataFrame) takes.
 
@@ -117,7 +118,7 @@ def frame_parts(loaded: LoadedConfig, frames: Mapping[str, Any]) -> list[Part]:
             for key, frame in frames.items() if key in KIND_OF_KEY]
 
 
-def file_parts(loaded: LoadedConfig, files: Mapping[str, Path], frames: Mapping[str, Any], *, sample: bool) -> list[Part]:
+def file_parts(loaded: LoadedConfig, files: Mapping[str, Location], frames: Mapping[str, Any], *, sample: bool) -> list[Part]:
     """The parts of the files not replaced by a DataFrame (missing or unreadable ones are the readers' to report)."""
     parts = []
     for key, path in files.items():
@@ -130,14 +131,14 @@ def file_parts(loaded: LoadedConfig, files: Mapping[str, Path], frames: Mapping[
     return parts
 
 
-def _csv_part(path: Path, kind: str, *, sample: bool) -> Part:
+def _csv_part(path: Location, kind: str, *, sample: bool) -> Part:
     size = path.stat().st_size
     rows = csv_rows(path, size) if sample else size // MIN_ROW_BYTES
     per_row, per_byte = CSV_COST[kind]
     return Part(str(path), kind, size, rows, int(rows * per_row + size * per_byte), rows_estimated=True)
 
 
-def csv_rows(path: Path, size: int) -> int:
+def csv_rows(path: Location, size: int) -> int:
     """The rows of a CSV file estimated from the lines in its first SAMPLE_BYTES (exact for smaller files)."""
     with path.open("rb") as handle:
         head = handle.read(SAMPLE_BYTES)
@@ -155,13 +156,13 @@ def csv_rows(path: Path, size: int) -> int:
     return max(1, round((size - header_end) * lines / len(whole)))
 
 
-def _parquet_part(path: Path, kind: str, columns: list[str]) -> Optional[Part]:
+def _parquet_part(path: Location, kind: str, columns: list[str]) -> Optional[Part]:
     # lazy: only Parquet users need pyarrow, and reading their files imports it anyway
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(parquet_source(path))
         meta, top = parquet.metadata, parquet.schema_arrow.names
     except (pa.ArrowException, OSError):
         return None  # the reader names the broken file
@@ -293,7 +294,7 @@ def _stat(path: Path, key: str) -> int:
     return 0
 
 
-def check_memory(loaded: LoadedConfig, files: Mapping[str, Path], frames: Optional[Mapping[str, Any]] = None, *,
+def check_memory(loaded: LoadedConfig, files: Mapping[str, Location], frames: Optional[Mapping[str, Any]] = None, *,
                  available: Optional[Available] = None) -> Optional[Estimate]:
     """Raise DataTooLarge when reading the data needs more memory than ``available`` (default: :func:`available_memory`).
 

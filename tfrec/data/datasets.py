@@ -11,7 +11,6 @@ The catalog, judgments and interaction files are CSV, or Parquet when their name
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -21,6 +20,7 @@ from tfrec.data.budget import check_memory
 from tfrec.data.errors import DataError, DropReport, RowChecker
 from tfrec.data.preflight import preflight
 from tfrec.data.frames import CATALOG, FRAME_NAMES, INTERACTIONS, TRAIN, VALID, check_frames
+from tfrec.data.locations import Location, locate, location
 from tfrec.data.readers import leave_one_out, read_catalog, read_interactions, read_judgments
 from tfrec.data.sources import decode_text
 from tfrec.data.tables import Catalog, Dataset, Interactions, RecommendationData, SearchData, Sequences
@@ -37,18 +37,18 @@ MOVIELENS_FILES = {"items": "u.item", "ratings": "u.data", "genres": "u.genre"}
 MOVIELENS_ENCODING = "latin-1"
 
 
-def required_files(loaded: LoadedConfig) -> dict[str, Path]:
-    """The files a config's dataset needs, keyed by the config key that names them."""
+def required_files(loaded: LoadedConfig) -> dict[str, Location]:
+    """The files a config's dataset needs (local paths or URIs), keyed by the config key that names them."""
     data = loaded.config.data
-    folder = Path(data.dir or ".")
+    folder = location(data.dir or ".")
     if data.dataset in ("homedepot", "search-csv"):
         return {
-            "data.catalog.path": folder / data.catalog.path,
-            "data.judgments.train": folder / data.judgments.train,
-            "data.judgments.valid": folder / data.judgments.valid,
+            "data.catalog.path": locate(folder, data.catalog.path),
+            "data.judgments.train": locate(folder, data.judgments.train),
+            "data.judgments.valid": locate(folder, data.judgments.valid),
         }
     if data.dataset == "interactions-csv":
-        return {"data.catalog.path": folder / data.catalog.path, "data.interactions.path": folder / data.interactions.path}
+        return {"data.catalog.path": locate(folder, data.catalog.path), "data.interactions.path": locate(folder, data.interactions.path)}
     fixed = AMAZON_FILES if data.dataset == "amazon-scientific" else MOVIELENS_FILES
     return {"data.dir": folder / name for name in fixed.values()}
 
@@ -79,7 +79,7 @@ def load_data(loaded: LoadedConfig, frames: Optional[Mapping[str, Any]] = None) 
     check_files(loaded, given=frames)
     check_memory(loaded, required_files(loaded), frames)  # stop before reading what would not fit in memory
     data = loaded.config.data
-    folder = Path(data.dir or ".")
+    folder = location(data.dir or ".")
     checker = RowChecker(strict=data.strict)
     if data.dataset in ("homedepot", "search-csv"):
         result: Dataset = _load_search_csv(loaded, folder, checker, frames)
@@ -96,15 +96,15 @@ def load_data(loaded: LoadedConfig, frames: Optional[Mapping[str, Any]] = None) 
     return result
 
 
-def _load_search_csv(loaded: LoadedConfig, folder: Path, checker: RowChecker, frames: Mapping[str, Any]) -> SearchData:
+def _load_search_csv(loaded: LoadedConfig, folder: Location, checker: RowChecker, frames: Mapping[str, Any]) -> SearchData:
     data = loaded.config.data
     catalog = read_catalog(data.catalog, folder, checker, frames.get(CATALOG))
-    train = read_judgments(data.judgments, frames.get(TRAIN, folder / data.judgments.train), catalog, checker, name=FRAME_NAMES[TRAIN])
-    valid = read_judgments(data.judgments, frames.get(VALID, folder / data.judgments.valid), catalog, checker, name=FRAME_NAMES[VALID])
+    train = read_judgments(data.judgments, frames.get(TRAIN, locate(folder, data.judgments.train)), catalog, checker, name=FRAME_NAMES[TRAIN])
+    valid = read_judgments(data.judgments, frames.get(VALID, locate(folder, data.judgments.valid)), catalog, checker, name=FRAME_NAMES[VALID])
     return SearchData(catalog, train, valid, drops=checker.report)
 
 
-def _read_tsv_lines(path: Path, n_fields: int, checker: RowChecker, *, header: bool, encoding: str = "utf-8") -> list[tuple[int, list[str]]]:
+def _read_tsv_lines(path: Location, n_fields: int, checker: RowChecker, *, header: bool, encoding: str = "utf-8") -> list[tuple[int, list[str]]]:
     """Split a tab-separated file into (line number, fields), rejecting rows of the wrong width."""
     out = []
     for number, line in enumerate(decode_text(path, encoding).splitlines(), start=1):
@@ -118,7 +118,7 @@ def _read_tsv_lines(path: Path, n_fields: int, checker: RowChecker, *, header: b
     return out
 
 
-def load_amazon_scientific(folder: Path, checker: RowChecker) -> RecommendationData:
+def load_amazon_scientific(folder: Location, checker: RowChecker) -> RecommendationData:
     """Read the UniSRec 'Scientific' files; catalog row i is item index i of item2index."""
     paths = {k: folder / v for k, v in AMAZON_FILES.items()}
     index_of_raw: dict[str, int] = {}
@@ -151,7 +151,7 @@ def load_amazon_scientific(folder: Path, checker: RowChecker) -> RecommendationD
     return RecommendationData(catalog, train, valid, drops=checker.report)
 
 
-def _read_inter(path: Path, n_items: int, user_of_index: dict[str, str], checker: RowChecker) -> Sequences:
+def _read_inter(path: Location, n_items: int, user_of_index: dict[str, str], checker: RowChecker) -> Sequences:
     """Read a UniSRec ``.inter`` file: user index, space-separated history indices, target index."""
     flat: list[int] = []
     starts: list[int] = []
@@ -183,7 +183,7 @@ def _read_inter(path: Path, n_items: int, user_of_index: dict[str, str], checker
     )
 
 
-def load_movielens_100k(folder: Path, checker: RowChecker) -> RecommendationData:
+def load_movielens_100k(folder: Location, checker: RowChecker) -> RecommendationData:
     """Read MovieLens 100K: movies with title and genres, ratings as an interaction log."""
     genre_names = {}
     for line in decode_text(folder / MOVIELENS_FILES["genres"], MOVIELENS_ENCODING).splitlines():

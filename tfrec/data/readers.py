@@ -11,21 +11,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from tfrec.config.schema import CatalogFiles, InteractionFiles, JudgmentFiles
 from tfrec.data.errors import RowChecker
+from tfrec.data.locations import Location, locate
 from tfrec.data.sources import read_rows
 from tfrec.data.tables import Catalog, Interactions, Judgments, Sequences
 
 
-def read_catalog(spec: CatalogFiles, folder: Path, checker: RowChecker, frame: Any = None) -> Catalog:
+def read_catalog(spec: CatalogFiles, folder: Location, checker: RowChecker, frame: Any = None) -> Catalog:
     """Read a product catalog (CSV or Parquet file, or ``frame``); ids must be unique and every product needs some text."""
     required = [spec.id_column, *spec.text_columns, *spec.numeric_columns, *spec.categorical_columns]
-    source = folder / spec.path if frame is None else frame
+    source = locate(folder, spec.path) if frame is None else frame
     table = read_rows(source, required, checker, encoding=spec.encoding, name="catalog DataFrame")
     id_col = table.column(spec.id_column)
     text_cols = {name: table.column(name) for name in spec.text_columns}
@@ -143,10 +143,10 @@ def _parse_timestamp(text: str) -> Optional[int]:
         return None
 
 
-def read_interactions(spec: InteractionFiles, folder: Path, catalog: Catalog, checker: RowChecker, frame: Any = None) -> Interactions:
+def read_interactions(spec: InteractionFiles, folder: Location, catalog: Catalog, checker: RowChecker, frame: Any = None) -> Interactions:
     """Read an interaction log (CSV or Parquet file, or ``frame``); items must be in the catalog, timestamps integers or ISO dates."""
     required = [spec.user_column, spec.item_column, spec.timestamp_column] + ([spec.rating_column] if spec.rating_column else [])
-    source = folder / spec.path if frame is None else frame
+    source = locate(folder, spec.path) if frame is None else frame
     table = read_rows(source, required, checker, encoding=spec.encoding, name="interactions DataFrame")
     u_col, i_col, t_col = (table.column(c) for c in (spec.user_column, spec.item_column, spec.timestamp_column))
     r_col = table.column(spec.rating_column) if spec.rating_column else None

@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from tfrec.data.errors import LINE, ROW, DataError, RowChecker
+from tfrec.data.locations import Location, RemotePath, location, parquet_source
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -46,23 +47,23 @@ class TableRows:
         return "%s %s" % (self.unit, line)
 
 
-def is_parquet(path: Path) -> bool:
+def is_parquet(path: Location) -> bool:
     """Whether a data file is read as Parquet (by its extension; anything else is CSV)."""
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
-def read_rows(source: Union[Path, Any], required: list[str], checker: RowChecker, *, encoding: str = "utf-8",
+def read_rows(source: Union[Location, str, Any], required: list[str], checker: RowChecker, *, encoding: str = "utf-8",
               name: str = "DataFrame") -> TableRows:
-    """The rows of a CSV or Parquet file (by extension) or of a DataFrame (named ``name`` in messages)."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
+    """The rows of a CSV or Parquet file (by extension; local or a URI) or of a DataFrame (named ``name`` in messages)."""
+    if isinstance(source, (str, Path, RemotePath)):
+        path = location(source)
         if is_parquet(path):
             return read_parquet(path, required)
         return read_csv(path, required, checker, encoding=encoding)
     return frame_rows(source, name, required)
 
 
-def decode_text(path: Path, encoding: str = "utf-8") -> str:
+def decode_text(path: Location, encoding: str = "utf-8") -> str:
     """Read a whole text file, turning a decoding failure into an error with its line number."""
     if not path.is_file():
         raise DataError(str(path), "file not found")
@@ -82,7 +83,7 @@ def decode_text(path: Path, encoding: str = "utf-8") -> str:
         raise DataError(str(path), "unknown encoding %r" % encoding) from None
 
 
-def read_csv(path: Path, required: list[str], checker: RowChecker, *, encoding: str = "utf-8", delimiter: str = ",") -> TableRows:
+def read_csv(path: Location, required: list[str], checker: RowChecker, *, encoding: str = "utf-8", delimiter: str = ",") -> TableRows:
     """Read a CSV with a header row; rows whose field count differs from the header are rejected.
 
     A row's line is the line where it starts (a quoted field may run over several lines), and a
@@ -164,7 +165,7 @@ def _check_header(path: str, header: list[str], required: list[str], has: str, l
         raise DataError(path, "missing column(s) %s (%s: %s)" % (", ".join(repr(c) for c in missing), has, ", ".join(header)), line=line)
 
 
-def read_parquet(path: Path, required: list[str]) -> TableRows:
+def read_parquet(path: Location, required: list[str]) -> TableRows:
     """Read the needed columns of a Parquet file as text cells; rows are numbered from 0."""
     if not path.is_file():
         raise DataError(str(path), "file not found")
@@ -173,9 +174,10 @@ def read_parquet(path: Path, required: list[str]) -> TableRows:
     import pyarrow.parquet as pq
 
     try:
-        names = [str(n) for n in pq.read_schema(path).names]
+        parquet = pq.ParquetFile(parquet_source(path))
+        names = [str(n) for n in parquet.schema_arrow.names]
         _check_header(str(path), names, required, "the file has")
-        table = pq.read_table(path, columns=list(dict.fromkeys(required)))
+        table = parquet.read(columns=list(dict.fromkeys(required)))
     except (pa.ArrowException, OSError) as err:
         raise DataError(str(path), "not a readable Parquet file (%s)" % err) from None
     columns = list(dict.fromkeys(required))

@@ -27,6 +27,7 @@ import numpy as np
 from tfrec.config.loader import ConfigError, LoadedConfig
 from tfrec.data.datasets import _load_search_csv, load_amazon_scientific, required_files
 from tfrec.data.errors import DataError, DropReport, RowChecker
+from tfrec.data.locations import location
 from tfrec.data.prepared import manifest as mf
 from tfrec.data.prepared.reader import SLICING
 from tfrec.data.prepared.records import ShardWriter, encode_example, shard_name
@@ -52,7 +53,7 @@ class PrepareResult:
     seconds: float
 
 
-def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, workers: Optional[int] = None,
+def prepare(loaded: LoadedConfig, out: Path | str, *, master: Optional[str] = None, workers: Optional[int] = None,
             shards: int = 16, driver_memory: str = "1g", force: bool = False, text_vectors: bool = False) -> PrepareResult:
     """Validate, split and write the data a config names to ``out`` as TFRecord shards plus manifest.json."""
     from tfrec.preprocess.spark_job import EngineOptions, expand_inputs
@@ -61,13 +62,13 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
     cfg = loaded.config
     data = cfg.data
     _check_preparable(loaded)
-    out = Path(out)
+    out = mf.local_folder(out)
     inputs = required_files(loaded)
     if data.dataset == "interactions-csv":
         log_files = expand_inputs(inputs.pop("data.interactions.path"))
         inputs.update({"data.interactions.path[%d]" % i: f for i, f in enumerate(log_files)})
     for key, path in inputs.items():
-        if not Path(path).is_file():
+        if not path.is_file():
             raise loaded.error(key.split("[")[0], "data file %s not found" % path)
     fingerprint = mf.input_fingerprint(inputs)
     config_hash = mf.data_config_hash(data)
@@ -93,7 +94,7 @@ def prepare(loaded: LoadedConfig, out: Path, *, master: Optional[str] = None, wo
     staging.mkdir()
     try:
         checker = RowChecker(strict=data.strict)
-        folder = Path(data.dir or ".")
+        folder = location(data.dir or ".")
         engine: dict[str, Any] = {"name": "in-process"}
         if data.dataset in SEARCH_DATASETS:
             search = _load_search_csv(loaded, folder, checker, {})

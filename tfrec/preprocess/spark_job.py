@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob
 import json
 import os
 import shutil
@@ -26,11 +25,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from urllib.parse import unquote
 
 import numpy as np
 
 from tfrec.compat import CompatibilityError
 from tfrec.data.errors import DataError, _reason
+from tfrec.data.locations import Location, expand, first_line, parquet_source
 from tfrec.data.prepared.records import ShardWriter, encode_example, shard_name
 from tfrec.data.readers import _parse_float, _parse_timestamp
 from tfrec.data.sources import is_parquet
@@ -120,17 +121,12 @@ def spark_session(options: EngineOptions, log_path: Path) -> Any:
     return session
 
 
-def expand_inputs(path: Path) -> list[Path]:
-    """The files a log path names: the file, or every file a glob pattern matches (sorted)."""
-    text = str(path)
-    if any(c in text for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
-        if not files:
-            raise DataError(text, "no file matches this pattern")
-        return files
-    if not path.is_file():
-        raise DataError(text, "file not found")
-    return [path]
+def expand_inputs(path: Location) -> list[Location]:
+    """The files a log path (local or a URI) names: the file, or every file a glob pattern matches (sorted)."""
+    files = expand(path)
+    if not files:
+        raise DataError(str(path), "no file matches this pattern" if any(c in str(path) for c in "*?[") else "file not found")
+    return files
 
 
 @dataclass
@@ -145,9 +141,11 @@ class LogSpec:
     delimiter: str = ","
 
 
-def _csv_header(path: Path, spec: LogSpec, required: list[str]) -> list[str]:
-    with open(path, encoding=spec.encoding, newline="") as f:
-        first = f.readline()
+def _csv_header(path: Location, spec: LogSpec, required: list[str]) -> list[str]:
+    try:
+        first = first_line(path).decode(spec.encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(str(path), "the header is not valid %s text (%s)" % (spec.encoding, err), line=1) from None
     if not first.strip():
         raise DataError(str(path), "empty file: expected a header row with columns %s" % ", ".join(required))
     header = [h.strip() for h in next(csv.reader([first.rstrip("\r\n")], delimiter=spec.delimiter))]
@@ -158,17 +156,21 @@ def _csv_header(path: Path, spec: LogSpec, required: list[str]) -> list[str]:
     return header
 
 
-def _parquet_header(path: Path, required: list[str]) -> list[str]:
+def _parquet_header(path: Location, required: list[str]) -> list[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    header = list(pq.read_schema(path).names)
+    try:
+        header = list(pq.read_schema(parquet_source(path)).names)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(str(path), "not a readable Parquet file (%s)" % err) from None
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(str(path), "the file has no column %s (it has: %s)" % (", ".join(repr(m) for m in missing), ", ".join(header)))
     return header
 
 
-def _check_same_format(files: list[Path]) -> None:
+def _check_same_format(files: list[Location]) -> None:
     kinds = {is_parquet(f) for f in files}
     if len(kinds) > 1:
         raise DataError(str(files[0].parent), "the log mixes CSV and Parquet files (%s); use one format" % ", ".join(f.name for f in files))
@@ -188,7 +190,7 @@ class LogResult:
     drops: list  # [{file, field, reason, rows, first_lines, examples}]
 
 
-def run_log_job(spark: Any, files: list[Path], spec: LogSpec, catalog_ids: np.ndarray, catalog_source: str, *, strict: bool,
+def run_log_job(spark: Any, files: list[Location], spec: LogSpec, catalog_ids: np.ndarray, catalog_source: str, *, strict: bool,
                 out: Path, shards: int, dead_letter: Path) -> LogResult:
     """Validate, split and write the interaction log ``files`` (CSV or Parquet) as per-user sequence shards under ``out``."""
     from pyspark import StorageLevel
@@ -201,7 +203,7 @@ def run_log_job(spark: Any, files: list[Path], spec: LogSpec, catalog_ids: np.nd
     if parquet and len({tuple(h) for h in headers}) > 1:
         # Parquet columns are read by name; differing schemas are refused rather than merged.
         raise DataError(str(files[1]), "its columns (%s) differ from %s's (%s)" % (", ".join(headers[1]), files[0].name, ", ".join(headers[0])))
-    file_index = {f.resolve().as_uri(): i for i, f in enumerate(files)}
+    file_index = {_uri_key(f.resolve().as_uri()): i for i, f in enumerate(files)}
     names = [str(f) for f in files]
     if parquet:
         raw = spark.read.parquet(*[str(f) for f in files]).select(*[F.col(c).cast("string").alias(c) for c in required])
@@ -217,7 +219,7 @@ def run_log_job(spark: Any, files: list[Path], spec: LogSpec, catalog_ids: np.nd
         for b in sorted((b for b in blocks if b["_file"] == uri), key=lambda b: b["_block"]):
             base[(uri, b["_block"])] = rows_before - b["lo"] + (0 if parquet else 1)
             rows_before += b["n"]
-    known = {uri: file_index.get(uri) for uri in {b["_file"] for b in blocks}}
+    known = {uri: file_index.get(_uri_key(uri)) for uri in {b["_file"] for b in blocks}}
     unknown = [u for u, i in known.items() if i is None]
     if unknown:
         raise DataError(unknown[0], "Spark read a file tfrec did not list (%s)" % ", ".join(sorted(file_index)))
@@ -266,6 +268,14 @@ def run_log_job(spark: Any, files: list[Path], spec: LogSpec, catalog_ids: np.nd
     finally:
         validated.unpersist()
     return _combine(out, [json.loads(s["summary"]) for s in summaries], len(catalog_ids), drops)
+
+
+def _uri_key(uri: str) -> str:
+    """A file URI as tfrec lists it and as Spark names it, made comparable (percent-encoding, ``file:/`` vs ``file:///``)."""
+    text = unquote(uri)
+    if text.startswith("file:"):
+        return "file:///" + text[len("file:"):].lstrip("/")
+    return text
 
 
 class _Parser:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tfrec.data.errors import DataError
-from tfrec.files import file_sha256
+from tfrec.data.locations import Location
+from tfrec.files import file_sha256, is_uri
 
 FORMAT = "tfrec-prepared"
 FORMAT_VERSION = 1
@@ -43,13 +44,22 @@ def data_config_hash(data_config: Any) -> str:
     return hashlib.sha256(json.dumps(hashed_values(data_config), sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def input_fingerprint(paths: Mapping[str, Path]) -> list[dict[str, Any]]:
-    """Name, size and modification time of each input file (what a rerun compares to decide it has nothing to do)."""
+def input_fingerprint(paths: Mapping[str, Location]) -> list[dict[str, Any]]:
+    """Name, size and modification time of each input file, local or remote (what a rerun compares to decide it has nothing to do)."""
     out = []
     for key, path in sorted(paths.items()):
-        stat = Path(path).stat()
-        out.append({"key": key, "path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        stat = path.stat()
+        out.append({"key": key, "path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     return out
+
+
+def local_folder(folder: Any) -> Path:
+    """A prepared folder as a local Path; a URI is refused (shards are written and read through a mounted path)."""
+    if is_uri(str(folder)):
+        raise DataError(str(folder), "a prepared dataset lives in a folder on a local or mounted filesystem (NFS, or a bucket "
+                                     "mounted with gcsfuse or mountpoint-s3, under the same path on every machine); "
+                                     "input files may be URIs, the prepared folder may not")
+    return Path(folder)
 
 
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:

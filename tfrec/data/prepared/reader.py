@@ -52,9 +52,9 @@ class Prepared:
         return DropReport.from_dict(self.manifest["stats"].get("dropped_rows", {}))
 
 
-def open_prepared(folder: Path, data_config: Any = None, checksums: bool = True) -> Prepared:
+def open_prepared(folder: Path | str, data_config: Any = None, checksums: bool = True) -> Prepared:
     """Open a prepared dataset, checking its shards against the manifest and (when given) the data config."""
-    folder = Path(folder)
+    folder = mf.local_folder(folder)
     if not folder.is_dir():
         raise DataError(str(folder), "no such folder (make it with `tfrec data prepare --config CONFIG --out %s`)" % folder)
     manifest = mf.read_manifest(folder)
@@ -319,7 +319,7 @@ def load_prepared(loaded: Any) -> Any:
     if sliced:
         raise ConfigError.of([loaded.problem("data.%s" % k, "slices files read in memory; a prepared dataset (data.prepared) is "
                                              "used whole (set it back to its default)") for k in sliced])
-    prepared = open_prepared(Path(cfg.data.prepared), cfg.data)
+    prepared = open_prepared(cfg.data.prepared, cfg.data)
     catalog = read_catalog(prepared)
     if prepared.manifest["kind"] == "search":
         return SearchData(catalog, read_judgments(prepared, "train"), read_judgments(prepared, "valid"), drops=prepared.drops(),
