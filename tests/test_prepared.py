@@ -358,3 +358,24 @@ def test_catalog_text_vectors_are_encoded_on_the_workers_through_the_embedding_c
     np.testing.assert_array_equal(item_text_vectors(training.config, catalog), vectors)
     again = prepare(loaded, tmp_path / "again", workers=2, shards=2, text_vectors=True)
     assert again.manifest["text_vectors"]["encoded"] == 0 and again.manifest["text_vectors"]["from_cache"] == 300
+
+
+def test_search_reads_prepared_text_vectors(homedepot_slice, tmp_path) -> None:
+    """A search run from a folder prepared with --text-vectors takes its zero-shot catalog vectors from it, not the encoder."""
+    from tfrec.baselines.search import MiniLMBaseline
+    from tfrec.text.catalog import catalog_text_features, prepared_catalog_vectors
+
+    settings = ["data.dir=%s" % homedepot_slice, "text.max_length=32"]
+    loaded = load_config(str(CONFIGS / "default.yaml"), settings)
+    result = prepare(loaded, tmp_path / "hd", text_vectors=True)
+    training = load_config(str(CONFIGS / "default.yaml"), [*settings, "data.prepared=%s" % result.folder])
+    catalog = read_catalog(open_prepared(result.folder))
+    vectors = prepared_catalog_vectors(training.config)
+    expected, _ = catalog_text_features(catalog.text().astype(str), loaded.config.text, progress=False)
+    np.testing.assert_array_equal(vectors, expected)
+    assert prepared_catalog_vectors(load_config(str(CONFIGS / "default.yaml"), [*settings, "text.max_length=48",
+                                                                                "data.prepared=%s" % result.folder]).config) is None
+    zero = MiniLMBaseline(list(catalog.text().astype(str)), training.config.text, catalog_vectors=vectors)
+    assert zero.catalog_vectors is not expected and zero.search(zero.encode(["cordless drill"]), 5)[0].shape == (1, 5)
+    with pytest.raises(ValueError, match="rows for"):
+        MiniLMBaseline(["a", "b"], training.config.text, catalog_vectors=vectors)

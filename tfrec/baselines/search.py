@@ -129,14 +129,19 @@ class Bm25Baseline:
 class MiniLMBaseline:
     """Zero-shot cosine between frozen MiniLM vectors of queries and of titles (catalog vectors cached)."""
 
-    def __init__(self, titles: Sequence[str], text_cfg: TextConfig, *, progress: bool = False, encoder: Any = None):
+    def __init__(self, titles: Sequence[str], text_cfg: TextConfig, *, progress: bool = False, encoder: Any = None,
+                 catalog_vectors: Optional[np.ndarray] = None):
+        """``catalog_vectors`` (frozen vectors of ``titles`` already encoded, e.g. prepared ones) skip the encoding."""
         # lazy: the BM25 baselines run without the BERT stack
         from tfrec.text.catalog import catalog_text_features, frozen_encoder
 
         self.encoder = encoder or frozen_encoder(text_cfg)
-        self.catalog_vectors, self.cache_stats = catalog_text_features(
-            list(titles), text_cfg, progress=progress, encoder=self.encoder
-        )
+        if catalog_vectors is not None:
+            if len(catalog_vectors) != len(titles):
+                raise ValueError("catalog_vectors has %d rows for %d titles" % (len(catalog_vectors), len(titles)))
+            self.catalog_vectors = np.asarray(catalog_vectors, np.float32)
+        else:
+            self.catalog_vectors, _ = catalog_text_features(list(titles), text_cfg, progress=progress, encoder=self.encoder)
         self.batch_size = text_cfg.encode_batch_size
 
     @property

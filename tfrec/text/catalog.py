@@ -5,16 +5,19 @@ epoch; the trainable parts (projection, fusion, towers) run on top of them.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from tfrec import compat
-from tfrec.config.schema import TextConfig
+from tfrec.config.schema import Config, TextConfig
 from tfrec.text.cache import CacheStats, EmbeddingCache, encoder_fingerprint
 from tfrec.text.encoder import TextEncoder
 from tfrec.text.model_files import ModelFiles, resolve_model_files
 from tfrec.text.quantized import Int8CatalogEncoder
+
+log = logging.getLogger(__name__)
 
 tf = compat.tensorflow()
 
@@ -64,3 +67,16 @@ def catalog_text_features(
     cache = EmbeddingCache(text_cfg.cache_dir)
     vectors = cache.encode_catalog(list(texts), encode, key, batch_size=text_cfg.encode_batch_size, progress=progress)
     return vectors, cache.stats
+
+
+def prepared_catalog_vectors(config: Config) -> np.ndarray | None:
+    """The frozen catalog vectors `tfrec data prepare --text-vectors` wrote for this text model, or None (then encode)."""
+    if not config.data.prepared:
+        return None
+    from tfrec.data.prepared.reader import open_prepared, read_text_vectors  # lazy: only prepared runs read shards
+
+    prepared = open_prepared(config.data.prepared, checksums=False)  # the shards were checked when the data loaded
+    vectors = read_text_vectors(prepared, catalog_vector_key(config.text))
+    if vectors is not None:
+        log.info("catalog text vectors: %d products, read from %s", len(vectors), prepared.folder)
+    return vectors

@@ -7,7 +7,7 @@ import numpy as np
 from tfrec.baselines.search import MiniLMBaseline, evaluate_search_baselines
 from tfrec.search.stages.context import SearchContext
 from tfrec.search.stages.queries import QuerySplits
-from tfrec.text.catalog import frozen_encoder
+from tfrec.text.catalog import frozen_encoder, prepared_catalog_vectors
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,7 +22,8 @@ class ZeroShot:
 
 def zero_shot_vectors(ctx: SearchContext, queries: QuerySplits) -> ZeroShot:
     """Encode the catalog (cached) and the valid and ranker queries with the frozen MiniLM."""
-    model = MiniLMBaseline(list(ctx.titles), ctx.cfg.text, progress=True, encoder=frozen_encoder(ctx.cfg.text))
+    model = MiniLMBaseline(list(ctx.titles), ctx.cfg.text, progress=True, encoder=frozen_encoder(ctx.cfg.text),
+                           catalog_vectors=prepared_catalog_vectors(ctx.cfg))
     return ZeroShot(model, model.catalog_vectors, model.encode(list(queries.valid.queries)), model.encode(list(queries.ranker.queries)))
 
 
