@@ -285,7 +285,8 @@ def test_train_records_the_frames_and_keeps_them_beside_the_run(tmp_path, monkey
     from tfrec import api
 
     trained = {}
-    monkeypatch.setattr(api, "_train_pipeline", lambda kind, loaded, data, folder, warm_start: trained.update(data=data, loaded=loaded))
+    monkeypatch.setattr(api, "_train_pipeline",
+                        lambda kind, loaded, data, folder, warm_start, strategy=None: trained.update(data=data, loaded=loaded))
     monkeypatch.setattr(api, "_render_report", lambda folder: None)
     frames = shop()
     config = tmp_path / "shop.yaml"  # no data.dir: the frames are the data

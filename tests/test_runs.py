@@ -52,9 +52,9 @@ def trained(tmp_path_factory, shared_datasets):
     seen = {}
     real_pipeline = api._train_pipeline
 
-    def train_and_look(kind, loaded, data, folder, warm_start):
+    def train_and_look(kind, loaded, data, folder, warm_start, strategy=None):
         seen["record"] = RunFolder(only_run(root / "runs")).record()
-        return real_pipeline(kind, loaded, data, folder, warm_start)
+        return real_pipeline(kind, loaded, data, folder, warm_start, strategy)
 
     stdout = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, in_repository_root(), contextlib.redirect_stdout(stdout):

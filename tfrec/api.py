@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from tfrec import compat  # noqa: F401  (first: Keras 2 mode before anything imports TensorFlow)
 
+import dataclasses
 import functools
 import importlib
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,11 +182,14 @@ def _load_sliced(loaded: LoadedConfig, frames: Optional[dict] = None) -> tuple[A
 
 def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), run_dir: Optional[PathLike] = None,
           warm_start: Optional[PathLike] = None, restart: bool = False, *, catalog: Any = None,
-          judgments: Optional[dict] = None, interactions: Any = None) -> Path:
+          judgments: Optional[dict] = None, interactions: Any = None) -> Optional[Path]:
     """Train and evaluate a config end to end (what ``tfrec train`` does); returns the run folder.
 
     ``restart`` (with ``run_dir``) starts the run's training over: its checkpoints are moved into a
     dated ``checkpoints-set-aside-<UTC time>`` folder of the run, never deleted.
+
+    Under ``train.distribute.strategy: multi_worker`` only the chief (worker 0) evaluates and writes the
+    run folder; the other workers train in step with it and return ``run_dir`` (None without it).
 
     Own data may come as pandas DataFrames instead of the files the config names, each read with
     the columns and checks of that file (errors name the frame, row and column):
@@ -199,10 +205,13 @@ def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), 
     frames = data_frames(catalog=catalog, judgments=judgments, interactions=interactions)
     loaded = _loaded(config, overrides, frames)
     kind = _run_kind(loaded, bool(warm_start))
+    strategy = _strategy_before_data(loaded, kind)
     # The data first: a config value it makes impossible (a cut-off above the catalog size, ...) fails in
     # seconds, every such problem at once, before any encoding and before a run folder exists.
     data, stats, note = _load_sliced(loaded, frames)
     preflight(loaded, data)
+    if strategy is not None and not _is_chief(strategy):
+        return _train_as_worker(kind, loaded, data, strategy, run_dir)
     if frames and run_dir:
         keep_frames(loaded, frames, Path(run_dir), write=False)  # resuming compares a config that points at the kept copies
     run = RunFolder(open_run_dir(loaded, Path(run_dir)) if run_dir else create_run_dir(loaded))
@@ -227,7 +236,7 @@ def train(config: Union[PathLike, LoadedConfig], overrides: Sequence[str] = (), 
         for line in format_stats(stats):
             _out(line)
         started = time.perf_counter()
-        _train_pipeline(kind, loaded, data, folder, warm_start)
+        _train_pipeline(kind, loaded, data, folder, warm_start, strategy)
     except BaseException as err:  # KeyboardInterrupt too: run.json must not say running after the process ends
         _mark_failed(run, err)
         raise
@@ -254,8 +263,50 @@ def _run_kind(loaded: LoadedConfig, warm_start: bool) -> str:
     return RECOMMENDATION
 
 
-def _train_pipeline(kind: str, loaded: LoadedConfig, data: Any, folder: Path, warm_start: Optional[PathLike]) -> None:
-    """Run the pipeline of ``kind`` into ``folder`` (each writes its models, metrics.json and per-query metrics)."""
+def _strategy_before_data(loaded: LoadedConfig, kind: str) -> Any:
+    """A recommendation run's multi_worker strategy, made before its data is read; None otherwise (the pipeline makes it).
+
+    MultiWorkerMirroredStrategy needs a fresh TensorFlow runtime, and reading a prepared folder starts it.
+    """
+    if kind != RECOMMENDATION or loaded.config.train.distribute.strategy != "multi_worker":
+        return None
+    from tfrec.training.strategy import make_strategy  # lazy: TensorFlow
+
+    return make_strategy(loaded.config.train.distribute)
+
+
+def _is_chief(strategy: Any) -> bool:
+    from tfrec.training.steps import worker  # lazy: TensorFlow
+
+    return worker(strategy)[0]
+
+
+def _train_as_worker(kind: str, loaded: LoadedConfig, data: Any, strategy: Any, run_dir: Optional[PathLike]) -> Optional[Path]:
+    """A non-chief worker of a multi-worker run: it trains in step with the chief, which alone writes the run folder.
+
+    With ``run_dir`` (the chief's, on shared storage) it reads the run's checkpoints there, to resume as the chief
+    does; its own checkpoints go to a scratch folder the trainer deletes. Without, it trains in a temporary folder,
+    deleted afterwards (the chief names its run folder itself). Returns ``run_dir``.
+    """
+    from tfrec.training.steps import worker  # lazy: TensorFlow
+
+    task = worker(strategy)[1]
+    scratch = None if run_dir else Path(tempfile.mkdtemp(prefix="tfrec-worker-%d-" % task))
+    try:
+        _train_pipeline(kind, loaded, data, Path(run_dir) if run_dir else scratch, None, strategy)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    _out("worker %d: trained in step with the chief, which evaluates and writes the run folder" % task)
+    return Path(run_dir) if run_dir else None
+
+
+def _train_pipeline(kind: str, loaded: LoadedConfig, data: Any, folder: Path, warm_start: Optional[PathLike],
+                    strategy: Any = None) -> None:
+    """Run the pipeline of ``kind`` into ``folder`` (each writes its models, metrics.json and per-query metrics).
+
+    ``strategy``: a recommendation run's strategy when it was made before the data (multi_worker).
+    """
     if kind == SEARCH:
         # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
         from tfrec.search.pipeline import train_search
@@ -270,7 +321,7 @@ def _train_pipeline(kind: str, loaded: LoadedConfig, data: Any, folder: Path, wa
         # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
         from tfrec.recommend.pipeline import train_recommendation
 
-        train_recommendation(loaded, data, folder)
+        train_recommendation(loaded, data, folder, strategy)
 
 
 def _mark_failed(run: RunFolder, err: BaseException) -> None:
@@ -344,14 +395,19 @@ def compare(run_a: PathLike, run_b: Optional[PathLike] = None, *, system: Option
 
 
 def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int] = None, check: bool = False,
-           scann: bool = False) -> dict[str, dict]:
-    """Export a run's models as TF Serving SavedModels (what ``tfrec export`` does); returns {model: {"path", "mb"}}."""
+           scann: bool = False, catalog_dtype: Optional[str] = None) -> dict[str, dict]:
+    """Export a run's models as TF Serving SavedModels (what ``tfrec export`` does); returns {model: {"path", "mb"}}.
+
+    ``catalog_dtype`` (float32 or float16) replaces the run's ``export.catalog_dtype`` for this export.
+    """
+    if catalog_dtype not in (None, "float32", "float16"):
+        raise UnsupportedError("catalog_dtype must be float32 or float16, got %r" % (catalog_dtype,))
     folder = _run_folder(run)
     export_dir = Path(export_dir)
     if _exportable_kind(folder) == RECOMMENDATION:
-        exported = _export_recommendation(folder.root, export_dir, version, scann)
+        exported = _export_recommendation(folder.root, export_dir, version, scann, catalog_dtype)
     else:
-        exported = _export_search(folder.root, export_dir, version, scann)
+        exported = _export_search(folder.root, export_dir, version, scann, catalog_dtype)
     for name, info in exported.items():
         _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
 
@@ -378,17 +434,19 @@ def _exportable_kind(folder: RunFolder) -> str:
     return kind
 
 
-def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
+def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool, catalog_dtype: Optional[str]) -> dict:
     # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.search.export import export_search, load_search_models
 
     log.info("rebuilding the trained models of %s ..." % run, extra={"stage": "export"})  # tfrec.log.as_stage
     models = load_search_models(run)
+    if catalog_dtype is not None:
+        models = dataclasses.replace(models, catalog_dtype=catalog_dtype)
     # every model of the run (ScaNN's too) gets one version number and appears at once
     return export_search(models, export_dir, version=version, run=run.name, scann=scann)
 
 
-def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], scann: bool) -> dict:
+def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], scann: bool, catalog_dtype: Optional[str]) -> dict:
     # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.recommend.export import export_recommendation, run_catalog_dtype
     from tfrec.recommend.pipeline import load_recommender
@@ -399,7 +457,7 @@ def _export_recommendation(run: Path, export_dir: Path, version: Optional[int], 
     model, data, settings = load_recommender(run)
     return export_recommendation(model, data.catalog.text().astype(str), export_dir, k=int(settings["top_k"]),
                                  exclude_history=bool(settings["exclude_history"]), version=version, run=run.name,
-                                 catalog_dtype=run_catalog_dtype(run))
+                                 catalog_dtype=catalog_dtype or run_catalog_dtype(run))
 
 
 def check_export(export_dir: PathLike = "export") -> "ConformanceReport":

@@ -222,7 +222,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     version = _model_version(args)
     try:
         if run is not None:  # prints `export: <model> <version_path>` per SavedModel, then the deployment files
-            api.export(run, args.export_dir, version=version, check=args.check, scann=args.scann)
+            api.export(run, args.export_dir, version=version, check=args.check, scann=args.scann, catalog_dtype=args.catalog_dtype)
         else:
             api.check_export(args.export_dir)
     except api.UnsupportedError as err:
@@ -514,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", dest="legacy_version", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --model-version
     p.add_argument("--check", action="store_true", help="check the export in a fresh TensorFlow-only process (ops, signatures, warm-up)")
     p.add_argument("--scann", action="store_true", help="also write a ScaNN retrieval export under DIR/scann/ (needs a ScaNN-enabled server)")
+    p.add_argument("--catalog-dtype", choices=("float32", "float16"), default=None,
+                   help="how the retrieval export stores its catalog matrix (default: the run's export.catalog_dtype); "
+                        "float16 halves its size")
     p = add("tune", cmd_tune, "run a keras-tuner search declared in a config")
     _add_config_args(p)
     p = add("serve", cmd_serve, "serve an export folder over TF Serving's gRPC/REST APIs (development server)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tfrec.config.loader import LoadedConfig
+from tfrec.data.prepared.reader import ShardedSequences
 from tfrec.data.tables import RecommendationData
 from tfrec.recommend.metrics import RecommendationMetrics, TrainingSummary
 from tfrec.recommend.stages.artifacts import load_recommender, save_artifacts
@@ -23,15 +24,23 @@ from tfrec.recommend.stages.similar_items import similar_items
 from tfrec.recommend.stages.training import refit_on_all, select_epochs
 from tfrec.runs import RunFolder
 from tfrec.training.progress import StageTimer
-from tfrec.training.strategy import make_strategy
+from tfrec.training.steps import worker
+from tfrec.training.strategy import describe, make_strategy
 
 log = logging.getLogger(__name__)
 
 
-def train_recommendation(loaded: LoadedConfig, data: RecommendationData, run_dir: Path) -> dict[str, Any]:
-    """Train and evaluate a sequential recommendation config in ``run_dir``; returns the metrics written to metrics.json."""
+def train_recommendation(loaded: LoadedConfig, data: RecommendationData, run_dir: Path, strategy: Any = None) -> dict[str, Any]:
+    """Train and evaluate a sequential recommendation config in ``run_dir``; returns the metrics written to metrics.json.
+
+    ``strategy``: one made by the caller (multi_worker is made before the data is read), else the config's.
+    A non-chief worker of a multi-worker run stops after training and writes nothing; it returns {}.
+    """
     config, folder, timer = loaded.config, RunFolder(run_dir), StageTimer(log)
-    strategy = make_strategy(config.train.distribute)
+    strategy = strategy if strategy is not None else make_strategy(config.train.distribute)
+    note = data.train.sharding_note(describe(strategy)["workers"]) if isinstance(data.train, ShardedSequences) else None
+    if note:
+        log.warning(note)
     with timer.stage("text vectors"):
         text_vectors = item_text_vectors(config, data.catalog)
 
@@ -42,6 +51,8 @@ def train_recommendation(loaded: LoadedConfig, data: RecommendationData, run_dir
         with timer.stage("training (refit)"):
             model, speed = refit_on_all(config, data, text_vectors, folder, strategy, epochs=selection.best_epoch)
     training = TrainingSummary(selection, selection.holdout_metrics(), refit=refit, examples_per_second=speed)
+    if not worker(strategy)[0]:
+        return {}  # the chief evaluates the same weights and writes the run
 
     with timer.stage("evaluation"):
         evaluation = evaluate_recommender(config, data, model, text_vectors)

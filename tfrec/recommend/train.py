@@ -16,6 +16,7 @@ from tfrec.config.schema import RecommendationConfig
 from tfrec.data.prepared.reader import ShardedSequences
 from tfrec.data.tables import Catalog, Sequences
 from tfrec.recommend.model import SequentialRecommender
+from tfrec.training.strategy import describe
 from tfrec.training.trainer import Trainer, TrainResult, epoch_seed
 
 tf = compat.tensorflow()
@@ -113,8 +114,11 @@ def fit_recommender(
 ) -> tuple[SequentialRecommender, TrainResult]:
     """Train ``epochs`` epochs with tfrec's Trainer; returns (model, TrainResult)."""
     if isinstance(train, ShardedSequences):
+        workers = describe(trainer.strategy or tf.distribute.get_strategy())["workers"]
+
         def streamed(epoch: int) -> Any:
-            return train.dataset(cfg.max_history, cfg.batch_size, epoch_seed(seed, epoch), shuffle_buffer=shuffle_buffer)
+            return train.dataset(cfg.max_history, cfg.batch_size, epoch_seed(seed, epoch), shuffle_buffer=shuffle_buffer,
+                                 workers=workers)
 
         return trainer.fit(build, streamed, epochs, validate=validate)
     arrays = example_arrays(train, cfg.max_history)

@@ -32,8 +32,11 @@ _TF_CONFIG_EXAMPLE = (
 )
 
 
-class StrategyError(RuntimeError):
-    """A distribution strategy cannot be built here (no TPU, bad TF_CONFIG, unknown device, too late)."""
+class StrategyError(compat.CompatibilityError):
+    """A distribution strategy cannot be built here (no TPU, bad TF_CONFIG, unknown device, too late).
+
+    A CompatibilityError: the command line reports it as an error of the setup, not of tfrec.
+    """
 
 
 def split_logical_cpus(n: int) -> None:

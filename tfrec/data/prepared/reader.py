@@ -241,10 +241,28 @@ class ShardedSequences:
         """Each user's newest training example, in memory (one per user)."""
         return _newest_sequences(self.prepared, self.split, max_history)
 
-    def dataset(self, max_history: int, batch_size: int, seed: int, shuffle_buffer: int = 100_000) -> Any:
-        """One epoch of shuffled batches {history_index [b, max_history], target_index [b]} streamed from the shards."""
+    def shard_policy(self, workers: int) -> str:
+        """How ``workers`` training workers split the stream: "FILE" (each its own shard files), or "DATA" with fewer files than workers."""
+        return "FILE" if len(self.prepared.files(self.split)) >= workers else "DATA"
+
+    def sharding_note(self, workers: int) -> Optional[str]:
+        """What to tell the user when ``workers`` cannot each read their own shard files (None when they can)."""
+        if self.shard_policy(workers) == "FILE":
+            return None
+        files = len(self.prepared.files(self.split))
+        engine = self.prepared.manifest.get("engine", {}).get("name")
+        fix = ("prepare it with `tfrec data prepare --shards %d` or more to give each worker its own files" % workers
+               if engine == "spark" else "its %s split is prepared as one shard file" % self.split)
+        return ("%s has %d %s shard file(s) for %d workers: every worker reads all of them and keeps its share of the "
+                "examples (%s)" % (self.prepared.folder, files, self.split, workers, fix))
+
+    def dataset(self, max_history: int, batch_size: int, seed: int, shuffle_buffer: int = 100_000, workers: int = 1) -> Any:
+        """One epoch of shuffled batches {history_index [b, max_history], target_index [b]} streamed from the shards.
+
+        ``workers``: how many multi-worker processes will split it (see :meth:`shard_policy`).
+        """
         return example_stream(self.prepared.files(self.split), max_history, part=self.part, batch_size=batch_size, seed=seed,
-                              shuffle_buffer=shuffle_buffer)
+                              shuffle_buffer=shuffle_buffer, shard_policy=self.shard_policy(workers))
 
 
 def _newest_sequences(prepared: Prepared, split: str, max_history: int) -> Sequences:
@@ -266,12 +284,15 @@ def _newest_sequences(prepared: Prepared, split: str, max_history: int) -> Seque
 
 
 def example_stream(files: list[str], max_history: int, *, part: str, batch_size: int, seed: int, shuffle_buffer: int,
-                   with_users: bool = False) -> Any:
+                   with_users: bool = False, shard_policy: str = "FILE") -> Any:
     """Batches of (history -> next item) examples expanded in the graph from per-user (or per-example) records.
 
     ``part``: "all" examples, "rest" (all but each record's newest) or "newest". Files are shuffled and
-    interleaved, records parsed in parallel; ``shuffle_buffer`` 0 keeps the file order (evaluation). Each
-    file is one unit of ``tf.data`` auto-sharding, so multi-worker training splits the shards by file.
+    interleaved, records parsed in parallel; ``shuffle_buffer`` 0 keeps the file order (evaluation).
+    ``shard_policy`` is how ``tf.data`` auto-shards the stream over multi-worker training: "FILE" gives
+    each worker its own files (it needs at least as many files as workers); "DATA" has every worker
+    read every file and keep its share of the batches, which are the same on every worker (fixed seeds,
+    deterministic order).
     """
     from tfrec import compat
 
@@ -307,7 +328,7 @@ def example_stream(files: list[str], max_history: int, *, part: str, batch_size:
     ds = examples.batch(batch_size)
     options = tf.data.Options()
     options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
+    options.experimental_distribute.auto_shard_policy = getattr(tf.data.experimental.AutoShardPolicy, shard_policy)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
