@@ -184,3 +184,23 @@ def test_an_id_only_model_takes_its_vocabulary_as_a_numpy_array():
     assert model.user_vectors(history).shape == (1, 8)
     with pytest.raises(ValueError, match="text vectors, an id vocabulary"):
         SequentialRecommender(IDS, None, np.asarray([], dtype=str))
+
+
+@pytest.mark.parametrize("text", [None, "narrow"])
+def test_a_non_residual_model_with_a_narrower_encoder_trains(text):
+    """encoder_dim below dim without the residual text path (id-only, or text of another size): user vectors have dim."""
+    vectors = None if text is None else _vectors(d=6)
+    model = SequentialRecommender(IDS, vectors, np.asarray(IDS[:20]), encoder="transformer", dim=12, encoder_dim=4,
+                                  max_history=6, heads=2, seed=0)
+    history = np.array([[-1, -1, -1, 1, 2, 3], [-1, -1, 4, 5, 6, 7]], np.int32)
+    assert model.user_vectors(history).shape == (2, 12)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    logs = model.train_step({"history_index": tf.constant(history), "target_index": tf.constant([4, 8], tf.int32)})
+    assert np.isfinite(float(logs["loss"]))
+
+
+def test_the_report_label_names_what_items_are_made_of():
+    """An id-only model is not reported as "text + id"."""
+    from tfrec.recommend.stages.evaluation import model_inputs
+
+    assert [model_inputs(True, True), model_inputs(True, False), model_inputs(False, True)] == ["text + id", "text", "id"]

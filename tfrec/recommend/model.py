@@ -148,6 +148,8 @@ class SequentialRecommender(tfrs.models.Model):
         encoded = self.encoder(inputs, mask, training=training)
         if self.residual:
             user = self.mean(items, mask) + self.user_projection(encoded)
+        elif self.encoder_input is not None:
+            user = self.user_projection(encoded)  # the encoder ran narrower than the item space: only the projection maps back
         else:
             user = encoded + self.user_projection(encoded)
         return tf.math.l2_normalize(user, axis=-1)

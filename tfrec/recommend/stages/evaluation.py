@@ -31,6 +31,11 @@ class Evaluation:
     per_user: dict[str, dict[str, np.ndarray]]  # {system: {metric: float64 [n_users]}}
 
 
+def model_inputs(item_text: bool, item_id: bool) -> str:
+    """What the model's item vectors are made of, for its label in reports: "text + id", "text" or "id"."""
+    return " + ".join(name for name, used in (("text", item_text), ("id", item_id)) if used)
+
+
 def evaluate_recommender(config: Config, data: RecommendationData, model: SequentialRecommender,
                          text_vectors: Optional[np.ndarray]) -> Evaluation:
     """Rank the whole catalog for every valid user with the model and both baselines; compare them."""
@@ -47,7 +52,7 @@ def evaluate_recommender(config: Config, data: RecommendationData, model: Sequen
         systems.pop("zero_shot_text")
     name = "tfrec_%s" % rc.encoder
     systems[name] = {"top": top_k_from_vectors(rt.user_matrix(model, history), items, k, exclude=history if rc.exclude_history else None),
-                     "label": "tfrec %s (text + id)" % rc.encoder, "kind": "model"}
+                     "label": "tfrec %s (%s)" % (rc.encoder, model_inputs(rc.item_text, rc.item_id)), "kind": "model"}
     reference = "zero_shot_text" if "zero_shot_text" in systems else "popularity"
     per_user: dict = {}
     report = recommendation_report(systems, valid.targets, config.evaluation.ks, text, counts, n_items,
