@@ -21,7 +21,7 @@ from tfrec.config.loader import ConfigError
 from tfrec.data.datasets import load_data
 from tfrec.data.errors import DataError
 from tfrec.data.prepared import manifest as mf
-from tfrec.data.prepared.reader import ShardedSequences, open_prepared, read_catalog, read_judgments, read_sequences
+from tfrec.data.prepared.reader import ShardedJudgments, ShardedSequences, open_prepared, read_catalog, read_judgments, read_sequences
 from tfrec.data.prepared.records import ShardWriter, encode_example, read_records
 from tfrec.data.synthetic import write_interactions_csv
 from tfrec.preprocess import prepare
@@ -266,14 +266,83 @@ def test_home_depot_prepares_row_for_row(homedepot_slice, tmp_path) -> None:
     result = prepare(loaded, tmp_path / "hd")
     prepared = open_prepared(result.folder, loaded.config.data)
     assert read_catalog(prepared).ids.tolist() == memory.catalog.ids.tolist()
-    for split in ("train", "valid"):
-        got, want = read_judgments(prepared, split), getattr(memory, split)
+    # Training queries are split for the ranker when prepared, exactly as an in-memory run splits them.
+    held = memory.train.held_out_queries(loaded.config.ranking.holdout_fraction, loaded.config.run.seed)
+    assert 0 < held.sum() < len(held)
+    for split, want in (("train", memory.train.take(~held)), ("ranker", memory.train.take(held)), ("valid", memory.valid)):
+        got = read_judgments(prepared, split)
         assert got.queries.tolist() == want.queries.tolist()
         np.testing.assert_array_equal(got.products, want.products)
         np.testing.assert_array_equal(got.labels, want.labels)
     data = load_data(load_config(str(CONFIGS / "default.yaml"),
                                  ["data.dir=%s" % homedepot_slice, "data.prepared=%s" % result.folder, *small]))
-    assert data.train.queries.tolist() == memory.train.queries.tolist()
+    assert isinstance(data.train, ShardedJudgments) and len(data.train) == len(memory.train)
+    from tfrec.evaluation.search import seen_products
+    from tfrec.lexical.index import vocabulary_terms
+
+    assert data.train.query_terms() == sorted(vocabulary_terms(np.unique(memory.train.queries.astype(str)).tolist()))
+    np.testing.assert_array_equal(seen_products(data.train, len(memory.catalog)), seen_products(memory.train, len(memory.catalog)))
+    towers = np.zeros(len(memory.catalog), bool)
+    towers[memory.train.products[~held]] = True
+    np.testing.assert_array_equal(data.train.judged()["towers"], towers)
+    assert data.train.label_range == (float(memory.train.labels.min()), float(memory.train.labels.max()))
+    # Another split of the training queries is not what the folder holds.
+    with pytest.raises(DataError, match=r"ranking.holdout_fraction \(prepared with 0.25, this config has 0.5\)"):
+        load_data(load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "data.prepared=%s" % result.folder,
+                                                              "ranking.holdout_fraction=0.5", *small]))
+    with pytest.raises(DataError, match="another split of the search training queries"):
+        prepare(load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "run.seed=7", *small]), tmp_path / "hd")
+
+
+def test_two_tower_pairs_stream_from_the_shards_as_in_memory(homedepot_slice, tmp_path) -> None:
+    """The streamed pairs are the in-memory pairs (query, product, title, weight, sampling probability); negatives are never judged."""
+    from tfrec import compat
+    from tfrec.lexical.index import LexicalIndex
+    from tfrec.lexical.scorer import LexicalScorer
+    from tfrec.retrieval.pair_stream import write_pair_shards
+    from tfrec.retrieval.train import training_pairs
+
+    tf = compat.tensorflow()
+    loaded = load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "evaluation.ks=[10]"])
+    memory = load_data(loaded)
+    result = prepare(loaded, tmp_path / "hd")
+    data = load_data(load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "evaluation.ks=[10]",
+                                                                 "data.prepared=%s" % result.folder]))
+    held = memory.train.held_out_queries(loaded.config.ranking.holdout_fraction, loaded.config.run.seed)
+    towers = memory.train.take(~held)
+    want = training_pairs(towers, memory.catalog, min_relevance=2.0)
+    catalog = memory.catalog
+    lexical = LexicalScorer(LexicalIndex.build(list(catalog.text().astype(str)), data.train.query_terms()))
+    shards = write_pair_shards(data.train, len(catalog), tmp_path / "pairs", min_relevance=2.0, lexical=lexical, depth=20, seed=0)
+    assert shards.pairs == len(want["query"]) and shards.vocabulary(catalog.ids) == sorted(set(want["product_id"]))
+    got: dict = {}
+    for batch in shards.batches(catalog.ids, catalog.text(), batch_size=7, seed=3, shuffle_buffer=1000, sampling_correction=True):
+        for k, v in batch.items():
+            got.setdefault(k, []).extend(v.numpy().tolist())
+    assert len(got["query"]) == shards.pairs // 7 * 7  # whole batches, the last partial one dropped
+
+    def rows(features: dict) -> list:
+        return sorted(zip(*(np.asarray(features[k]).astype(str).tolist() for k in ("query", "product_id", "title")),
+                          np.round(np.asarray(features["weight"], np.float64), 5).tolist(),
+                          np.round(np.asarray(features["sampling_probability"], np.float64), 7).tolist()))
+
+    every = {k: [] for k in ("query", "product_id", "title", "weight", "sampling_probability")}
+    for batch in shards.batches(catalog.ids, catalog.text(), batch_size=1, seed=3, shuffle_buffer=1000, sampling_correction=True):
+        for k in every:
+            every[k].extend(batch[k].numpy().tolist())
+    every["query"] = [q.decode("utf-8") for q in every["query"]]
+    every["product_id"] = [q.decode("utf-8") for q in every["product_id"]]
+    every["title"] = [q.decode("utf-8") for q in every["title"]]
+    assert rows(every) == rows(want)
+    judged: dict = {}
+    for q, p in zip(towers.queries.astype(str), towers.products):
+        judged.setdefault(q, set()).add(str(catalog.ids[p]))
+    queries = [q.decode("utf-8") for q in got["query"]]
+    negatives = [n.decode("utf-8") for n in got["negative_id"]]
+    assert not any(n in judged[q] for q, n in zip(queries, negatives))
+    groups = dict(zip(queries, got["query_group"]))
+    assert len(set(groups.values())) == len(groups)  # one group per query
+    assert tf.reduce_all(tf.math.is_finite(tf.constant(got["negative_sampling_probability"])))
 
 
 def test_interrupted_shard_is_never_complete(tmp_path) -> None:
@@ -333,6 +402,36 @@ def test_a_recommender_trains_from_the_shards(shop, tmp_path) -> None:
     assert (run / "recommender" / "weights.index").is_file()
     stats = json.loads((run / "data_stats.json").read_text())
     assert stats["prepared"] == str(shop / "prepared") and stats["train"]["examples"] == len(memory.train)
+
+
+@pytest.mark.slow  # about 2.5 minutes: a whole search run (BERT fine-tuning, baselines, ranker)
+def test_a_search_run_trains_its_towers_from_the_shards(homedepot_slice, tmp_path) -> None:
+    """tfrec train on a prepared search dataset: the two towers stream their pairs, the run finishes and evaluates valid."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cli_runs import train_run
+
+    settings = ["data.dir=%s" % homedepot_slice, "data.max_train_queries=0", "data.max_valid_queries=0", "data.max_products=0",
+                "text.max_length=32", "evaluation.bootstrap_resamples=100", "retrieval.batch_size=16", "retrieval.top_k=20",
+                "evaluation.ks=[10, 20]", "ranking.epochs=2"]
+    loaded = load_config(str(CONFIGS / "quick.yaml"), settings)
+    memory = load_data(loaded)
+    prepare(loaded, tmp_path / "prepared")
+    run = train_run(tmp_path / "runs", str(CONFIGS / "quick.yaml"), [*settings, "data.prepared=%s" % (tmp_path / "prepared"),
+                                                                     "train.progress=false", "run.name=hd"], "hd")
+    metrics = json.loads((run / "metrics.json").read_text())
+    held = memory.train.held_out_queries(loaded.config.ranking.holdout_fraction, loaded.config.run.seed)
+    pairs = int((memory.train.labels[~held] >= loaded.config.retrieval.min_relevance).sum())
+    assert metrics["training"]["retrieval"]["pairs"] == pairs
+    assert 0 <= metrics["systems"]["tfrec_search"]["e2e"]["ndcg@10"] <= 1
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").rglob("pairs-*.tfrecord.gz"))
+    from tfrec import api
+
+    with pytest.raises(ConfigError, match="retrieval.max_pairs"):
+        api.train(str(CONFIGS / "quick.yaml"), [*settings, "data.prepared=%s" % (tmp_path / "prepared"), "retrieval.max_pairs=10",
+                                                "run.output_dir=%s" % (tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_catalog_text_vectors_are_encoded_on_the_workers_through_the_embedding_cache(shop, tmp_path) -> None:

@@ -39,7 +39,7 @@ from tfrec.data.frames import covers_every_file, data_frames, keep_frames
 from tfrec.data.preflight import preflight
 from tfrec.data.slices import slice_for_config, slice_recommendation_data
 from tfrec.data.stats import dataset_stats, format_stats
-from tfrec.data.tables import RecommendationData, SearchData
+from tfrec.data.tables import SearchData
 from tfrec.evaluation.compare import PerQuery, compare as paired, default_pairs, format_comparison
 from tfrec.runs import FAILED, MOVIELENS, RECOMMENDATION, SEARCH, RunFolder, create_run_dir, open_run_dir, write_json
 from tfrec.serving.conformance import check_export as check
@@ -150,7 +150,7 @@ def _read(loaded: LoadedConfig, frames: Optional[dict] = None) -> tuple[Any, dic
     where = "DataFrames" if frames and covers_every_file(frames) else loaded.config.data.prepared or loaded.config.data.dir
     log.info("loading %s from %s ..." % (loaded.config.data.dataset, where))
     data = read_data(loaded, frames)
-    if loaded.config.data.prepared and isinstance(data, RecommendationData):
+    if loaded.config.data.prepared:
         # Its training examples stay in the shards: the statistics prepare computed over all of them.
         stats = dict(data.train.prepared.manifest["stats"])
     else:

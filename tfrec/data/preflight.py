@@ -51,6 +51,13 @@ def _search_problems(loaded: LoadedConfig, data: SearchData, n_items: int) -> li
         # tfrs.tasks.Retrieval has no dtype: under a mixed policy its matmul mixes float16 queries with float32 candidates.
         problems.append(loaded.problem("train.distribute.mixed_precision", "%s: the search two-tower model trains in float32 "
                                        "only in this release (set it to none)" % cfg.train.distribute.mixed_precision))
+    if not isinstance(data.train, Judgments):  # a prepared dataset: the two towers' pairs stream, never all in memory
+        if rc.max_pairs:
+            problems.append(loaded.problem("retrieval.max_pairs", "%d samples pairs in memory; from a prepared dataset "
+                                           "(data.prepared) every pair streams from the shards (set it to 0)" % rc.max_pairs))
+        if rc.hard_negatives and rc.hard_negative_source == "model":
+            problems.append(loaded.problem("retrieval.hard_negative_source", "model mines negatives with the towers every "
+                                           "epoch over pairs in memory; from a prepared dataset (data.prepared) use lexical"))
     if cfg.data.judgments.label_min < 1:
         # NDCG's graded gain is 2**(label - 1) - 1: a label below 1 would be a negative gain, silently skewing every NDCG.
         problems.append(loaded.problem("data.judgments.label_min", "%g: relevance labels start at 1 (the least relevant grade, "
@@ -70,12 +77,16 @@ def _search_problems(loaded: LoadedConfig, data: SearchData, n_items: int) -> li
 
 
 def _threshold_problem(loaded: LoadedConfig, key: str, threshold: float, judgments: Judgments, consequence: str) -> list[ConfigProblem]:
-    """A relevance threshold above every label of ``judgments``."""
-    labels = np.asarray(judgments.labels, dtype=np.float64)
-    if (labels >= threshold).any():
+    """A relevance threshold above every label of ``judgments`` (in memory, or prepared: their label range)."""
+    if isinstance(judgments, Judgments):
+        labels = np.asarray(judgments.labels, dtype=np.float64)
+        low, high = float(labels.min()), float(labels.max())
+    else:
+        low, high = judgments.label_range
+    if high >= threshold:
         return []
     return [loaded.problem(key, "%g is above every relevance label in %s (they range from %g to %g), %s"
-                           % (threshold, judgments.source, labels.min(), labels.max(), consequence))]
+                           % (threshold, judgments.source, low, high, consequence))]
 
 
 def _recommendation_problems(loaded: LoadedConfig, data: RecommendationData) -> list[ConfigProblem]:

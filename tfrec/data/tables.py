@@ -68,6 +68,17 @@ class Judgments:
         """Number of distinct queries."""
         return len(np.unique(self.queries.astype(str))) if len(self) else 0
 
+    def take(self, keep: np.ndarray) -> "Judgments":
+        """The judgments at ``keep`` (a bool mask or row indices), in that order."""
+        return Judgments(self.queries[keep], self.products[keep], self.labels[keep], self.source)
+
+    def held_out_queries(self, fraction: float, seed: int) -> np.ndarray:
+        """bool [len]: the judgments of a seeded random ``fraction`` of the distinct queries (the ranker's share)."""
+        queries = np.unique(self.queries.astype(str))
+        rng = np.random.default_rng(seed)
+        held = set(rng.permutation(queries)[: int(round(len(queries) * fraction))].tolist())
+        return np.fromiter((q in held for q in self.queries), bool, count=len(self))
+
 
 @dataclass
 class Interactions:

@@ -134,7 +134,9 @@ def _pair_keys(query_index: np.ndarray, products: np.ndarray, base: int) -> np.n
 
 
 def seen_products(train: Judgments, n_catalog: int) -> np.ndarray:
-    """bool [n_catalog]: which catalog rows appear in at least one training judgment."""
+    """bool [n_catalog]: which catalog rows appear in at least one training judgment (prepared: from the manifest)."""
+    if not isinstance(train, Judgments):  # tfrec.data.prepared.reader.ShardedJudgments: counted when prepared
+        return train.judged()["seen"]
     rows = np.asarray(train.products, dtype=np.int64)
     if len(rows) and (rows.min() < 0 or rows.max() >= n_catalog):
         raise ValueError("training products must be rows in [0, %d), got range [%d, %d]" % (n_catalog, rows.min(), rows.max()))

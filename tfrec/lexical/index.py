@@ -303,6 +303,11 @@ def _check_params(k1: float, b: float) -> None:
         raise ValueError("b must be a number in [0, 1], got %r" % (b,))
 
 
+def vocabulary_terms(texts: Sequence[str]) -> set[str]:
+    """The terms ``texts`` add to an index's vocabulary as ``extra_texts`` (each term, given back as a text, adds itself)."""
+    return {t for i, text in enumerate(texts) for t in _raw_tokens_of(text, "texts", i) if t not in STOPWORDS}
+
+
 def _raw_tokens_of(text: object, argument: str, row: int) -> list[str]:
     if not isinstance(text, (str, bytes)):
         raise ValueError("%s[%d] must be a string, got %s: %r" % (argument, row, type(text).__name__, text))

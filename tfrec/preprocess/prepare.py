@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SEARCH_DATASETS = ("homedepot", "search-csv")
 PREPARABLE = (*SEARCH_DATASETS, "interactions-csv", "amazon-scientific")
 CATALOG_SHARD_ROWS = 250_000
+QUERY_SHARD_QUERIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,20 @@ def prepare(loaded: LoadedConfig, out: Path | str, *, master: Optional[str] = No
             raise loaded.error(key.split("[")[0], "data file %s not found" % path)
     fingerprint = mf.input_fingerprint(inputs)
     config_hash = mf.data_config_hash(data)
+    query_split = mf.query_split_of(cfg) if data.dataset in SEARCH_DATASETS else None
     if (out / mf.MANIFEST).is_file():
         existing = mf.read_manifest(out)
         wanted = _vector_key(cfg.text) if text_vectors else None
         has = (existing.get("text_vectors") or {}).get("model_key")
-        same = existing.get("config_hash") == config_hash and existing.get("inputs") == fingerprint
+        same = (existing.get("config_hash") == config_hash and existing.get("inputs") == fingerprint
+                and existing.get("query_split") == query_split)
         if same and (wanted is None or wanted == has):
             mf.verify_shards(out, existing)
             return PrepareResult(out, existing, up_to_date=True, seconds=time.perf_counter() - started)
         if not force:
             why = ("was prepared without text vectors of this text model" if same else
-                   "holds a dataset prepared from other inputs or another data config")
+                   "holds a dataset prepared from other inputs, another data config or another split of the search "
+                   "training queries (ranking.holdout_fraction, run.seed)")
             raise DataError(str(out), "%s; pass --force to replace it, or choose another --out" % why)
     elif out.exists() and any(out.iterdir()):
         # Never deleted, --force or not: it is not something tfrec data prepare wrote.
@@ -100,9 +104,14 @@ def prepare(loaded: LoadedConfig, out: Path | str, *, master: Optional[str] = No
             search = _load_search_csv(loaded, folder, checker, {})
             search.name = data.dataset
             catalog = search.catalog
-            splits = {name: _write_judgments(staging / name, getattr(search, name)) for name in ("train", "valid")}
+            # The ranker's held-out training queries are chosen here, as the in-memory run chooses them, so the
+            # two towers can stream theirs; training checks that its config asks for the same split.
+            held = search.train.held_out_queries(cfg.ranking.holdout_fraction, cfg.run.seed)
+            splits = {"train": _write_query_records(staging / "train", search.train, ~held),
+                      "ranker": _write_query_records(staging / "ranker", search.train, held),
+                      "valid": _write_judgments(staging / "valid", search.valid)}
             stats = search_stats(search, cfg)
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {"query_split": query_split, **_search_vocabulary(staging, search.train, held, len(catalog))}
         elif data.dataset == "amazon-scientific":
             rec = load_amazon_scientific(folder, checker)
             catalog = rec.catalog
@@ -158,7 +167,8 @@ def prepare(loaded: LoadedConfig, out: Path | str, *, master: Optional[str] = No
             "inputs": fingerprint, "engine": engine, "compression": "GZIP",
             "catalog": catalog_entry, "splits": splits, "stats": stats, **extra,
             "schema": {"catalog": mf.CATALOG_FEATURES,
-                       "splits": mf.JUDGMENT_FEATURES if data.dataset in SEARCH_DATASETS else mf.SEQUENCE_FEATURES},
+                       "splits": ({"train": mf.QUERY_FEATURES, "ranker": mf.QUERY_FEATURES, "valid": mf.JUDGMENT_FEATURES}
+                                  if data.dataset in SEARCH_DATASETS else mf.SEQUENCE_FEATURES)},
         }
         mf.write_manifest(staging, manifest)
         _publish(staging, out)
@@ -247,6 +257,42 @@ def _write_judgments(folder: Path, judgments: Judgments) -> dict[str, Any]:
         entry = writer.close()
     return {"kind": "judgments", "shards": [entry], "records": len(judgments), "examples": len(judgments),
             "source": str(judgments.source)}
+
+
+def _write_query_records(folder: Path, judgments: Judgments, keep: np.ndarray) -> dict[str, Any]:
+    """The judgments at ``keep`` as one record per query (first-appearance order), QUERY_SHARD_QUERIES queries per shard."""
+    folder.mkdir(parents=True)
+    queries = judgments.queries.astype(str)
+    groups: dict[str, list[int]] = {}
+    for row in np.flatnonzero(keep).tolist():
+        groups.setdefault(queries[row], []).append(row)
+    items = list(groups.items())
+    count = max(1, -(-len(items) // QUERY_SHARD_QUERIES))
+    shards = []
+    for s in range(count):
+        with ShardWriter(folder / shard_name(s, count), compressed=True) as writer:
+            for query, rows in items[s * QUERY_SHARD_QUERIES:(s + 1) * QUERY_SHARD_QUERIES]:
+                writer.write(encode_example({"query": query, "products": judgments.products[rows].astype(np.int64),
+                                             "labels": judgments.labels[rows].astype(np.float32), "positions": np.asarray(rows, np.int64)}))
+            shards.append(writer.close())
+    labels = judgments.labels[keep]
+    return {"kind": "queries", "shards": shards, "records": len(items), "examples": int(keep.sum()), "queries": len(items),
+            "labels": [float(labels.min()), float(labels.max())] if len(labels) else None, "source": str(judgments.source)}
+
+
+def _search_vocabulary(folder: Path, train: Judgments, held: np.ndarray, n_items: int) -> dict[str, Any]:
+    """What search training needs of all its judgments without reading them: query terms and judged products."""
+    from tfrec.lexical.index import vocabulary_terms  # lazy: only search datasets need the tokenizer
+
+    (folder / "vocab").mkdir(exist_ok=True)
+    terms = sorted(vocabulary_terms(np.unique(train.queries.astype(str)).tolist()))
+    (folder / "vocab" / "query_terms.txt").write_text("".join(t + "\n" for t in terms), encoding="utf-8")
+    seen = np.zeros(n_items, bool)
+    seen[train.products] = True
+    towers = np.zeros(n_items, bool)
+    towers[train.products[~held]] = True
+    np.savez(folder / "judged_products.npz", seen=seen, towers=towers)
+    return {"query_terms": "vocab/query_terms.txt", "judged_products": "judged_products.npz"}
 
 
 def _write_sequences(folder: Path, sequences: Sequences) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def compile_for_training(
 
 def train_retrieval(
     build: Union[SearchRetrievalModel, Callable[[], SearchRetrievalModel]],
-    pairs: dict[str, np.ndarray],
+    pairs: Union[dict[str, np.ndarray], int],
     *,
     epochs: int,
     batch_size: int,
@@ -131,6 +131,7 @@ def train_retrieval(
     validate: Optional[Callable[[Any], dict]] = None,
     on_step_end: Optional[Callable[[int, dict], None]] = None,
     epoch_pairs: Optional[Callable[[Any, int], dict[str, np.ndarray]]] = None,
+    stream: Optional[Callable[[int, int], Any]] = None,
 ) -> tuple[SearchRetrievalModel, dict[str, Any]]:
     """Fit on the pairs with tfrec's trainer (shuffled per epoch, last partial batch dropped); returns the model, loss and speed.
 
@@ -140,8 +141,12 @@ def train_retrieval(
     ``validate(model)`` scores each epoch (early stopping, when the trainer is set up for it);
     ``on_step_end(step, logs)`` is called after every step; ``epoch_pairs(model, epoch)`` (if given)
     supplies each epoch's pairs from the model as it is then (e.g. negatives mined by the current towers).
+    ``stream(seed, batch_size)`` (if given) supplies each epoch's shuffled batches instead, streamed from
+    shards (:mod:`tfrec.retrieval.pair_stream`); ``pairs`` is then how many pairs it holds.
     """
-    n = len(pairs["query"])
+    if stream is not None and epoch_pairs is not None:
+        raise ValueError("pairs streamed from shards cannot be replaced per epoch (epoch_pairs)")
+    n = int(pairs) if stream is not None else len(pairs["query"])
     if n < 2:
         raise ValueError("retrieval training needs at least 2 pairs (in-batch negatives), got %d" % n)
     batch_size = min(batch_size, n)
@@ -164,12 +169,15 @@ def train_retrieval(
 
     def dataset(epoch: int) -> Any:
         # A pure function of the epoch: a resumed run rebuilds exactly the batches it was on.
-        current = epoch_pairs(built["model"], epoch) if epoch_pairs is not None else pairs
-        ds = (
-            tf.data.Dataset.from_tensor_slices(current)
-            .shuffle(n, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-            .batch(batch_size, drop_remainder=True)
-        )
+        if stream is not None:
+            ds = stream(epoch_seed(seed, epoch), batch_size)
+        else:
+            current = epoch_pairs(built["model"], epoch) if epoch_pairs is not None else pairs
+            ds = (
+                tf.data.Dataset.from_tensor_slices(current)
+                .shuffle(n, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+                .batch(batch_size, drop_remainder=True)
+            )
         if augment:
             ds = augment_dataset(ds, augmentation, seed=seed, epoch=epoch)
         return ds.prefetch(2)

@@ -23,7 +23,7 @@ from typing import Optional
 
 from tfrec import compat
 from tfrec.config.loader import LoadedConfig
-from tfrec.data.tables import SearchData
+from tfrec.data.tables import Judgments, SearchData
 from tfrec.search.hybrid import CatalogScorer
 from tfrec.search.stages.artifacts import save_search_run
 from tfrec.search.stages.baselines import search_baselines, zero_shot_vectors
@@ -43,6 +43,9 @@ tf = compat.tensorflow()
 def train_search(loaded: LoadedConfig, data: SearchData, run_dir: Path, warm_start: Optional[Path] = None) -> dict:
     """Train and evaluate the search path of a config (from a previous run's towers with ``warm_start``); returns the metrics."""
     ctx = SearchContext.create(loaded, data, run_dir)  # first: the strategy needs a fresh TensorFlow runtime
+    if warm_start is not None and not isinstance(data.train, Judgments):
+        raise ValueError("warm start replays the previous run's judgments beside the new ones in memory; train from the "
+                         "judgment files rather than a prepared dataset (data.prepared) to continue a run")
     previous = load_previous(warm_start) if warm_start is not None else None
     cfg, timer = ctx.cfg, ctx.timer
     tf.keras.utils.set_random_seed(cfg.run.seed)

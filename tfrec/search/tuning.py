@@ -307,6 +307,9 @@ class RankerTrialObjective:
 def trial_objective(loaded: LoadedConfig) -> RankerTrialObjective:
     """The ranker trial objective over ``loaded``'s (sliced) data, valid dropped."""
     cfg = loaded.config
+    if cfg.data.prepared:
+        raise loaded.error("data.prepared", "tfrec tune tries rankers on judgments in memory; point the config at the "
+                                            "judgment files instead (unset data.prepared)")
     data = load_data(loaded)
     if not isinstance(data, SearchData):
         raise loaded.error("data.dataset", "tfrec tune searches the search ranker; %s is a recommendation dataset" % quote_value(cfg.data.dataset))

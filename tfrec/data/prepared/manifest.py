@@ -29,6 +29,9 @@ _NOT_HASHED = ("prepared", "shuffle_buffer", "memory_check", "max_train_queries"
 # examples "history items[:t] -> target items[t]" for t in [first, last).
 SEQUENCE_FEATURES = {"user": "bytes", "items": "int64 list", "first": "int64", "last": "int64"}
 JUDGMENT_FEATURES = {"query": "bytes", "product": "int64 (catalog row)", "label": "float"}
+# Search training judgments, one record per query: its judged catalog rows and labels, and each one's line
+# position in the judgments as read (to give back the file order).
+QUERY_FEATURES = {"query": "bytes", "products": "int64 list (catalog rows)", "labels": "float list", "positions": "int64 list"}
 CATALOG_FEATURES = {"row": "int64", "product_id": "bytes", "<text column>": "bytes", "<numeric column>": "float",
                     "<categorical column>": "bytes"}
 
@@ -60,6 +63,11 @@ def local_folder(folder: Any) -> Path:
                                      "mounted with gcsfuse or mountpoint-s3, under the same path on every machine); "
                                      "input files may be URIs, the prepared folder may not")
     return Path(folder)
+
+
+def query_split_of(config: Any) -> dict[str, Any]:
+    """The config keys that choose the ranker's held-out search queries (a prepared search dataset is split by them)."""
+    return {"ranking.holdout_fraction": config.ranking.holdout_fraction, "run.seed": config.run.seed}
 
 
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:

@@ -2,12 +2,14 @@
 
 ``tfrec train --set data.prepared=DIR`` comes here instead of reading files. The manifest is
 checked first (every shard present, with its size and SHA-256, and the config's ``data`` section
-the one the folder was prepared with). The catalog, search judgments and the valid split (one
-example per user, histories cut to ``max_history``) are read into the usual tables; the training
-examples of a recommendation dataset are not: :class:`ShardedSequences` streams them from the shards
+the one the folder was prepared with). The catalog and the valid split (search judgments, or one
+example per user with histories cut to ``max_history``) are read into the usual tables; training
+data is not. :class:`ShardedSequences` streams a recommendation dataset's examples from the shards
 with ``tf.data`` (files interleaved, records parsed in parallel, each user's record expanded into
 its (history -> next item) examples in the graph, a bounded shuffle buffer), so memory does not
-grow with the number of events.
+grow with the number of events. :class:`ShardedJudgments` does the same for the search towers'
+per-query records (:mod:`tfrec.retrieval.pair_stream` turns them into training pairs); only the
+ranker's held-out share of the training queries is read into memory.
 """
 from __future__ import annotations
 
@@ -130,19 +132,100 @@ def read_text_vectors(prepared: Prepared, model_key: str) -> Optional[np.ndarray
 
 
 def read_judgments(prepared: Prepared, split: str) -> Judgments:
-    """A search split's judgments, in file order."""
+    """A search split's judgments in memory, in the order they were read (valid; the ranker's share; checks)."""
     from tfrec import compat
 
     tf = compat.tensorflow()
-    spec = {"query": tf.io.FixedLenFeature([], tf.string), "product": tf.io.FixedLenFeature([], tf.int64),
-            "label": tf.io.FixedLenFeature([], tf.float32)}
-    arrays = _columns(tf, prepared, split, spec)
-    return Judgments(
-        queries=np.asarray([q.decode("utf-8") for q in arrays["query"]], dtype=object),
-        products=arrays["product"].astype(np.int32),
-        labels=arrays["label"].astype(np.float32),
-        source=prepared.manifest["splits"][split].get("source", split),
-    )
+    entry = prepared.manifest["splits"][split]
+    source = entry.get("source", split)
+    if entry.get("kind") != "queries":
+        spec = {"query": tf.io.FixedLenFeature([], tf.string), "product": tf.io.FixedLenFeature([], tf.int64),
+                "label": tf.io.FixedLenFeature([], tf.float32)}
+        arrays = _columns(tf, prepared, split, spec)
+        return Judgments(np.asarray([q.decode("utf-8") for q in arrays["query"]], dtype=object),
+                         arrays["product"].astype(np.int32), arrays["label"].astype(np.float32), source)
+    queries, products, labels, positions = [], [], [], []
+    try:
+        for record in query_records(prepared, split).batch(READ_BATCH):
+            sizes = record["products"].row_lengths().numpy()
+            queries.append(np.repeat(np.asarray([q.decode("utf-8") for q in record["query"].numpy()], dtype=object), sizes))
+            products.append(record["products"].flat_values.numpy())
+            labels.append(record["labels"].flat_values.numpy())
+            positions.append(record["positions"].flat_values.numpy())
+    except tf.errors.OpError as err:
+        raise _read_error(str(prepared.folder / split), err) from None
+    if not queries:
+        return Judgments(np.zeros(0, object), np.zeros(0, np.int32), np.zeros(0, np.float32), source)
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return Judgments(np.concatenate(queries)[order], np.concatenate(products)[order].astype(np.int32),
+                     np.concatenate(labels)[order].astype(np.float32), source)
+
+
+def query_records(prepared: Prepared, split: str, *, shuffle_files_seed: Optional[int] = None) -> Any:
+    """The per-query records of a search split as a tf.data stream of {query, products, labels, positions} (ragged lists)."""
+    from tfrec import compat
+
+    tf = compat.tensorflow()
+    spec = {"query": tf.io.FixedLenFeature([], tf.string), "products": tf.io.RaggedFeature(tf.int64),
+            "labels": tf.io.RaggedFeature(tf.float32), "positions": tf.io.RaggedFeature(tf.int64)}
+    files = prepared.files(split)
+    names = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files_seed is not None and len(files) > 1:
+        names = names.shuffle(len(files), seed=shuffle_files_seed, reshuffle_each_iteration=False)
+    records = names.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"), cycle_length=min(4, len(files)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return records.batch(256).map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True).unbatch()
+
+
+@dataclass
+class ShardedJudgments:
+    """Search training judgments that stay in their shards (the two towers' queries); the ranker's share loads on demand."""
+
+    prepared: Prepared
+    source: str = ""
+
+    def __len__(self) -> int:
+        splits = self.prepared.manifest["splits"]
+        return int(splits["train"]["examples"] + splits["ranker"]["examples"])
+
+    @property
+    def label_range(self) -> tuple[float, float]:
+        """The lowest and highest training label."""
+        ranges = [self.prepared.manifest["splits"][s]["labels"] for s in ("train", "ranker")]
+        ranges = [r for r in ranges if r]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+    def check_split(self, config: Any) -> None:
+        """ConfigError-style DataError when the config would hold out other ranker queries than the folder was split with."""
+        then, now = self.prepared.manifest.get("query_split"), mf.query_split_of(config)
+        if then != now:
+            keys = ", ".join("%s (prepared with %s, this config has %s)" % (k, then.get(k) if then else None, v)
+                             for k, v in now.items() if not then or then.get(k) != v)
+            raise DataError(str(self.prepared.folder), "its search training queries were split for the ranker with other "
+                            "settings: %s; prepare it again with this config, or set them back" % keys)
+
+    def towers_queries(self) -> int:
+        """How many training queries the two towers stream."""
+        return int(self.prepared.manifest["splits"]["train"]["queries"])
+
+    def ranker_judgments(self) -> Judgments:
+        """The ranker's held-out training queries, in memory (a ``ranking.holdout_fraction`` share)."""
+        return read_judgments(self.prepared, "ranker")
+
+    def records(self, shuffle_files_seed: Optional[int] = None) -> Any:
+        """The two towers' per-query records as a tf.data stream."""
+        return query_records(self.prepared, "train", shuffle_files_seed=shuffle_files_seed)
+
+    def query_terms(self) -> list[str]:
+        """The terms of every training query (what they add to the lexical index's vocabulary)."""
+        path = self.prepared.folder / self.prepared.manifest["query_terms"]
+        return [t for t in path.read_text(encoding="utf-8").split("\n") if t]
+
+    def judged(self) -> dict[str, np.ndarray]:
+        """bool [n_items] arrays: "seen" (judged for some training query), "towers" (for one of the two towers' queries)."""
+        with np.load(self.prepared.folder / self.prepared.manifest["judged_products"]) as f:
+            return {k: f[k] for k in f.files}
 
 
 def _sequence_spec(tf: Any) -> dict:
@@ -343,7 +426,9 @@ def load_prepared(loaded: Any) -> Any:
     prepared = open_prepared(cfg.data.prepared, cfg.data)
     catalog = read_catalog(prepared)
     if prepared.manifest["kind"] == "search":
-        return SearchData(catalog, read_judgments(prepared, "train"), read_judgments(prepared, "valid"), drops=prepared.drops(),
+        train = ShardedJudgments(prepared, source=prepared.manifest["splits"]["train"].get("source", "train"))
+        train.check_split(cfg)
+        return SearchData(catalog, train, read_judgments(prepared, "valid"), drops=prepared.drops(),  # type: ignore[arg-type]
                           name=prepared.manifest["dataset"])
     train = ShardedSequences(prepared, "train", "all", source=prepared.manifest["splits"]["train"].get("source", "train"))
     valid = read_sequences(prepared, "valid", cfg.recommendation.max_history)

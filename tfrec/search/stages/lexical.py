@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from tfrec import compat
+from tfrec.data.tables import Judgments
 from tfrec.lexical.index import LexicalIndex
 from tfrec.lexical.scorer import LexicalScorer
 from tfrec.search.stages.context import SearchContext
@@ -25,7 +26,10 @@ class Lexical:
 
 def build_lexical(ctx: SearchContext) -> Lexical:
     """Build the BM25 index, save it in the run folder and wrap its scorer."""
-    index = LexicalIndex.build(list(ctx.titles), list(np.unique(ctx.data.train.queries.astype(str))))
+    train = ctx.data.train
+    # Training queries only add vocabulary; a prepared dataset lists their terms instead of the queries.
+    extra = list(np.unique(train.queries.astype(str))) if isinstance(train, Judgments) else train.query_terms()
+    index = LexicalIndex.build(list(ctx.titles), extra)
     index.save(ctx.run.lexical)
     scorer = LexicalScorer(index, max_query_terms=ctx.cfg.retrieval.query_max_terms)
     return Lexical(index, scorer, tf.function(scorer.pair_features, reduce_retracing=True))

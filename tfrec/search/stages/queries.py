@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 class QuerySplits:
     """The run's queries by role."""
 
-    retrieval_train: Judgments  # the two towers' training judgments
+    retrieval_train: Any  # the two towers' training judgments: Judgments, or ShardedJudgments streamed from prepared shards
     ranker_train: Judgments  # held-out training judgments: the ranker's
     valid: ev.SearchEvalSet
     ranker: ev.SearchEvalSet  # the ranker's training queries as an eval set
@@ -33,16 +34,8 @@ class QuerySplits:
 
 def split_queries(train: Judgments, holdout_fraction: float, seed: int) -> tuple[Judgments, Judgments]:
     """(retrieval part, ranker part) of the training judgments, split by query at random."""
-    queries = np.unique(train.queries.astype(str))
-    rng = np.random.default_rng(seed)
-    n_hold = int(round(len(queries) * holdout_fraction))
-    held = set(rng.permutation(queries)[:n_hold].tolist())
-    in_held = np.fromiter((q in held for q in train.queries), bool, count=len(train))
-
-    def part(keep: np.ndarray) -> Judgments:
-        return Judgments(train.queries[keep], train.products[keep], train.labels[keep], train.source)
-
-    return part(~in_held), part(in_held)
+    held = train.held_out_queries(holdout_fraction, seed)
+    return train.take(~held), train.take(held)
 
 
 def split_eval_queries(n_queries: int, tune_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +62,13 @@ def rank_candidates(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def split_for_training(cfg: Config, data: SearchData) -> QuerySplits:
     """Split the training queries (towers / ranker) and the valid ones (tuning half / the rest)."""
-    retrieval_train, ranker_train = split_queries(data.train, cfg.ranking.holdout_fraction, cfg.run.seed)
-    log.info(
-        "training queries: %d for the two towers, %d held out for the ranker"
-        % (len(np.unique(retrieval_train.queries)), len(np.unique(ranker_train.queries)))
-    )
+    if isinstance(data.train, Judgments):
+        retrieval_train, ranker_train = split_queries(data.train, cfg.ranking.holdout_fraction, cfg.run.seed)
+        towers_queries = len(np.unique(retrieval_train.queries))
+    else:  # prepared: split when prepared, by the same keys (checked when the data loaded); the towers' part streams
+        retrieval_train, ranker_train = data.train, data.train.ranker_judgments()
+        towers_queries = data.train.towers_queries()
+    log.info("training queries: %d for the two towers, %d held out for the ranker" % (towers_queries, ranker_train.n_queries))
     seen = ev.seen_products(data.train, len(data.catalog))
     valid = ev.SearchEvalSet.from_judgments(data.valid, cfg.evaluation.positive_relevance, seen)
     ranker = ev.SearchEvalSet.from_judgments(ranker_train, cfg.evaluation.positive_relevance, seen)

@@ -187,7 +187,12 @@ def _train_head(ctx: SearchContext, inputs: dict, lists: CandidateLists, retriev
     cfg, rc = ctx.cfg, ctx.cfg.ranking
     # Products of the two towers' queries only: the ranker's own (held-out) judged products must
     # not all be in the vocabulary, or "has an id embedding" would mark the judged ones.
-    vocabulary = sorted(set(ctx.ids[np.unique(retrieval_train.products)])) if rc.product_id else None
+    if not rc.product_id:
+        vocabulary = None
+    elif isinstance(retrieval_train, Judgments):
+        vocabulary = sorted(set(ctx.ids[np.unique(retrieval_train.products)]))
+    else:  # prepared: the products judged for the towers' queries, listed when prepared
+        vocabulary = sorted(set(ctx.ids[retrieval_train.judged()["towers"]]))
     start = time.perf_counter()
     # Several small heads: no progress bar, one log line each.
     head, result = train_ranker_head(cfg, ctx.trainer("ranker-%s" % loss, progress=False), inputs, lists, vocabulary,

@@ -16,6 +16,7 @@ import numpy as np
 from tfrec.data.tables import Judgments
 from tfrec.evaluation import search as ev
 from tfrec.evaluation.chunks import row_chunk
+from tfrec.retrieval.pair_stream import write_pair_shards
 from tfrec.retrieval.train import (
     add_mined_negatives, encode_catalog, encode_queries, mine_negatives, model_top_rows, train_retrieval, training_pairs,
 )
@@ -51,21 +52,38 @@ def train_towers(ctx: SearchContext, lexical: Lexical, judgments: Judgments, hol
     """Train the two towers on ``judgments`` (early stopping on ``holdout``), save weights and vocabulary."""
     rc, cfg = ctx.cfg.retrieval, ctx.cfg
     continual = None
-    if previous is not None:
-        judgments, continual = _with_replay(ctx, previous, judgments)
-    pairs = training_pairs(judgments, ctx.data.catalog, min_relevance=rc.min_relevance, max_pairs=rc.max_pairs, seed=cfg.run.seed)
-    positives = pairs
-    if rc.hard_negatives:
-        pairs = add_mined_negatives(pairs, judgments, ctx.data.catalog, lexical.scorer, depth=rc.hard_negative_depth, seed=cfg.run.seed)
-    if not rc.sampling_correction:
-        pairs.pop("sampling_probability")
-        pairs.pop("negative_sampling_probability", None)
+    stream: Optional[Callable[[int, int], Any]] = None
     epoch_pairs = None
-    if rc.hard_negatives and rc.hard_negative_source == "model":
-        epoch_pairs = _model_negatives(ctx, positives, pairs, judgments)
-    vocabulary = sorted(set(pairs["product_id"])) if rc.product_id else []
-    if previous is not None and rc.product_id:
-        vocabulary = grown_vocabulary(previous.run.retrieval_vocabulary, pairs["product_id"])
+    if not isinstance(judgments, Judgments):
+        # A prepared dataset: the pairs stream from shards written in one pass (preflight refused what needs them in memory).
+        shards = write_pair_shards(judgments, len(ctx.data.catalog), ctx.run.checkpoint_dir("retrieval") / "pairs",
+                                   min_relevance=rc.min_relevance, lexical=lexical.scorer if rc.hard_negatives else None,
+                                   depth=rc.hard_negative_depth, seed=cfg.run.seed, progress=cfg.train.progress)
+
+        def streamed_batches(seed: int, batch_size: int) -> Any:
+            return shards.batches(ctx.ids, ctx.titles, batch_size=batch_size, seed=seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                                  sampling_correction=rc.sampling_correction)
+
+        stream = streamed_batches
+        pairs: Any = shards.pairs
+        n_pairs = shards.pairs
+        vocabulary = shards.vocabulary(ctx.ids) if rc.product_id else []
+    else:
+        if previous is not None:
+            judgments, continual = _with_replay(ctx, previous, judgments)
+        pairs = training_pairs(judgments, ctx.data.catalog, min_relevance=rc.min_relevance, max_pairs=rc.max_pairs, seed=cfg.run.seed)
+        positives = pairs
+        if rc.hard_negatives:
+            pairs = add_mined_negatives(pairs, judgments, ctx.data.catalog, lexical.scorer, depth=rc.hard_negative_depth, seed=cfg.run.seed)
+        if not rc.sampling_correction:
+            pairs.pop("sampling_probability")
+            pairs.pop("negative_sampling_probability", None)
+        if rc.hard_negatives and rc.hard_negative_source == "model":
+            epoch_pairs = _model_negatives(ctx, positives, pairs, judgments)
+        n_pairs = len(pairs["query"])
+        vocabulary = sorted(set(pairs["product_id"])) if rc.product_id else []
+        if previous is not None and rc.product_id:
+            vocabulary = grown_vocabulary(previous.run.retrieval_vocabulary, pairs["product_id"])
 
     def build() -> Any:
         model = retrieval_model(cfg, vocabulary, catalog=ctx.data.catalog)
@@ -76,7 +94,7 @@ def train_towers(ctx: SearchContext, lexical: Lexical, judgments: Judgments, hol
         return model
 
     log.info("two towers: %d pairs, %d products in the id vocabulary, BERT %s, %s strategy (%d replica(s))" % (
-        len(pairs["query"]), len(vocabulary), rc.text_training, ctx.strategy_info["kind"], ctx.strategy_info["replicas"]))
+        n_pairs, len(vocabulary), rc.text_training, ctx.strategy_info["kind"], ctx.strategy_info["replicas"]))
     early_stopping = cfg.train.early_stopping_patience > 0 and holdout is not None
     model, info = train_retrieval(
         build, pairs, epochs=rc.epochs, batch_size=rc.batch_size, learning_rate=ctx.scaled(rc.learning_rate),
@@ -85,6 +103,7 @@ def train_towers(ctx: SearchContext, lexical: Lexical, judgments: Judgments, hol
         augmentation=cfg.train.augmentation,
         validate=_dense_validation(ctx, holdout) if early_stopping else None,
         epoch_pairs=epoch_pairs,
+        stream=stream,
     )
     info["hard_negatives"] = rc.hard_negative_source if rc.hard_negatives else None
     info["strategy"] = ctx.strategy_info
