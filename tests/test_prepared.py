@@ -290,6 +290,9 @@ def test_home_depot_prepares_row_for_row(homedepot_slice, tmp_path) -> None:
     with pytest.raises(DataError, match=r"ranking.holdout_fraction \(prepared with 0.25, this config has 0.5\)"):
         load_data(load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "data.prepared=%s" % result.folder,
                                                               "ranking.holdout_fraction=0.5", *small]))
+    with pytest.raises(ConfigError, match="train.distribute.strategy: multi_worker: a search run from a prepared dataset"):
+        load_data(load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "data.prepared=%s" % result.folder,
+                                                              "train.distribute.strategy=multi_worker", *small]))
     with pytest.raises(DataError, match="another split of the search training queries"):
         prepare(load_config(str(CONFIGS / "default.yaml"), ["data.dir=%s" % homedepot_slice, "run.seed=7", *small]), tmp_path / "hd")
 

@@ -58,6 +58,10 @@ def _search_problems(loaded: LoadedConfig, data: SearchData, n_items: int) -> li
         if rc.hard_negatives and rc.hard_negative_source == "model":
             problems.append(loaded.problem("retrieval.hard_negative_source", "model mines negatives with the towers every "
                                            "epoch over pairs in memory; from a prepared dataset (data.prepared) use lexical"))
+        if cfg.train.distribute.strategy == "multi_worker":
+            problems.append(loaded.problem("train.distribute.strategy", "multi_worker: a search run from a prepared dataset "
+                                           "trains on one machine (default or mirrored); recommendation runs from one can use "
+                                           "several workers"))
     if cfg.data.judgments.label_min < 1:
         # NDCG's graded gain is 2**(label - 1) - 1: a label below 1 would be a negative gain, silently skewing every NDCG.
         problems.append(loaded.problem("data.judgments.label_min", "%g: relevance labels start at 1 (the least relevant grade, "
