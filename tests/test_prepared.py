@@ -458,10 +458,19 @@ def test_catalog_text_vectors_are_encoded_on_the_workers_through_the_embedding_c
 
     training = load_config(shop / "strict.yaml", ["text.max_length=32", "data.prepared=%s" % first.folder])
     np.testing.assert_array_equal(item_text_vectors(training.config, catalog), vectors)
+    # Search's frozen MiniLM baseline takes the same read (prepared_catalog_vectors) instead of encoding.
+    from tfrec.baselines.search import MiniLMBaseline
+    from tfrec.text.catalog import prepared_catalog_vectors
+
+    zero = MiniLMBaseline(list(catalog.text().astype(str)), training.config.text, catalog_vectors=prepared_catalog_vectors(training.config))
+    np.testing.assert_array_equal(zero.catalog_vectors, vectors)
+    with pytest.raises(ValueError, match="rows for"):
+        MiniLMBaseline(["a", "b"], training.config.text, catalog_vectors=vectors)
     again = prepare(loaded, tmp_path / "again", workers=2, shards=2, text_vectors=True)
     assert again.manifest["text_vectors"]["encoded"] == 0 and again.manifest["text_vectors"]["from_cache"] == 300
 
 
+@pytest.mark.slow  # a Spark session and BERT on the workers for a second folder: about 1-2 minutes
 def test_search_reads_prepared_text_vectors(homedepot_slice, tmp_path) -> None:
     """A search run from a folder prepared with --text-vectors takes its zero-shot catalog vectors from it, not the encoder."""
     from tfrec.baselines.search import MiniLMBaseline
