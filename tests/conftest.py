@@ -57,6 +57,12 @@ def in_repo(monkeypatch):
     return ROOT
 
 
+def sequence_rows(sequences, max_history: int = 64) -> list:
+    """Sequences as sorted (user, padded history, target) rows: equal when two splits hold the same examples."""
+    history, _ = sequences.padded_histories(max_history)
+    return sorted(zip(sequences.users.astype(str).tolist(), map(tuple, history.tolist()), sequences.targets.tolist()))
+
+
 def write_homedepot_slice(shared: Path, dest: Path, n_queries: int = 40) -> Path:
     """Copy the judgments of the first ``n_queries`` train/valid queries and their products."""
     dest.mkdir(parents=True, exist_ok=True)

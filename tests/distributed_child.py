@@ -174,6 +174,23 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def wait_workers(procs: list, deadline: float) -> list:
+    """Exit codes of (process, log file) pairs waited on until ``deadline`` ("timeout" for the first still running); all are killed and their logs closed."""
+    codes: list = []
+    try:
+        for proc, _ in procs:
+            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        codes.append("timeout")
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    return codes
+
+
 def run_launch(out: Path) -> None:
     """Start WORKERS worker processes on 127.0.0.1 ports, wait (bounded), collect their results."""
     if os.environ.get("CHILD_IN_NETNS") == "1":
@@ -189,19 +206,7 @@ def run_launch(out: Path) -> None:
             [sys.executable, __file__, "worker", str(out.with_suffix(".worker%d.json" % index))],
             env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
         ), log))
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    codes = []
-    try:
-        for proc, _ in procs:
-            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        codes.append("timeout")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+    codes = wait_workers(procs, time.monotonic() + WORKER_TIMEOUT_S)
     result = {"cluster": cluster, "codes": codes, "workers": []}
     for index in range(WORKERS):
         path = out.with_suffix(".worker%d.json" % index)

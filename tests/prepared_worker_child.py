@@ -1,7 +1,7 @@
 """Child processes for tests/test_prepared_multiworker.py: two multi_worker processes on 127.0.0.1, one prepared folder.
 
-    python tests/prepared_worker_child.py launch OUT.json read FOLDER...     2 workers: what each reads of the train shards
-    python tests/prepared_worker_child.py launch OUT.json train ARGS...      2 workers: `tfrec train ARGS...`
+    python tests/prepared_worker_child.py launch read FOLDER... OUT.json     2 workers: what each reads of the train shards
+    python tests/prepared_worker_child.py launch train ARGS... OUT.json      2 workers: `tfrec train ARGS...`
     python tests/prepared_worker_child.py read OUT.json FOLDER...            one reading worker ($TF_CONFIG names which)
 
 A reading worker streams each folder's train split exactly as training does (the same example
@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distributed_child import _die_with_parent, _free_ports, _loopback_up  # noqa: E402
+from distributed_child import _die_with_parent, _free_ports, _loopback_up, wait_workers  # noqa: E402
 
 WORKERS = 2
 MAX_HISTORY = 6
@@ -81,19 +81,7 @@ def run_launch(out: Path, mode: str, args: list[str]) -> None:
                    else [sys.executable, "-m", "tfrec", "train", *args])
         log = open(out.with_suffix(".worker%d.log" % index), "w")
         procs.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent), log))
-    deadline = started + WORKER_TIMEOUT_S
-    codes: list = []
-    try:
-        for proc, _ in procs:
-            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        codes.append("timeout")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+    codes = wait_workers(procs, started + WORKER_TIMEOUT_S)
     result = {"cluster": cluster, "codes": codes, "seconds": time.monotonic() - started, "workers": []}
     for index in range(WORKERS):
         path = out.with_suffix(".worker%d.json" % index)
@@ -104,10 +92,10 @@ def run_launch(out: Path, mode: str, args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    command, target = sys.argv[1], Path(sys.argv[2])
-    if command == "launch":
-        if sys.argv[3] not in ("read", "train"):
-            sys.exit("launch needs read or train, got %r" % sys.argv[3])
-        run_launch(target, sys.argv[3], sys.argv[4:])
+    command = sys.argv[1]
+    if command == "launch":  # launch MODE ARGS... OUT (the output last, as tests/test_training_strategy.run_child passes it)
+        if sys.argv[2] not in ("read", "train"):
+            sys.exit("launch needs read or train, got %r" % sys.argv[2])
+        run_launch(Path(sys.argv[-1]), sys.argv[2], sys.argv[3:-1])
     else:
-        run_read(target, sys.argv[3:])
+        run_read(Path(sys.argv[2]), sys.argv[3:])

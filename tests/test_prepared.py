@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import sequence_rows
 from tfrec.api import load_config
 from tfrec.cli.main import main
 from tfrec.config.loader import ConfigError
@@ -45,11 +46,6 @@ def _log_config(folder: Path, strict: bool = True, log: str = "interactions.csv"
     path = folder / ("strict.yaml" if strict else "lenient.yaml")
     path.write_text(LOG_CONFIG.format(dir=folder, strict=str(strict).lower(), log=log), encoding="utf-8")
     return path
-
-
-def _rows(sequences, max_history: int = 64) -> list:
-    history, _ = sequences.padded_histories(max_history)
-    return sorted(zip(sequences.users.astype(str).tolist(), map(tuple, history.tolist()), sequences.targets.tolist()))
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +87,8 @@ def test_prepared_log_equals_the_in_memory_split(shop) -> None:
     assert catalog.texts["title"].tolist() == memory.catalog.texts["title"].tolist()
     np.testing.assert_array_equal(catalog.numeric["price"], memory.catalog.numeric["price"])
     for split in ("train", "valid"):
-        assert _rows(read_sequences(prepared, split)) == _rows(getattr(memory, split))
-    assert _rows(read_sequences(prepared, "valid", 6), 6) == _rows(memory.valid, 6)
+        assert sequence_rows(read_sequences(prepared, split)) == sequence_rows(getattr(memory, split))
+    assert sequence_rows(read_sequences(prepared, "valid", 6), 6) == sequence_rows(memory.valid, 6)
     manifest = prepared.manifest
     assert manifest["splits"]["train"]["examples"] == len(memory.train) and len(manifest["splits"]["train"]["shards"]) == 3
     assert manifest["engine"]["name"] == "spark" and manifest["stats"]["interactions"]["events"] == len(memory.interactions)
@@ -107,7 +103,7 @@ def test_prepared_log_equals_the_in_memory_split(shop) -> None:
     np.testing.assert_allclose(sampling_probability(streamed.rest(), len(catalog)), sampling_probability(rest, len(catalog)))
     assert set(training_items(streamed.rest(), catalog)) == set(training_items(rest, memory.catalog))
     assert set(training_items(streamed, catalog)) == set(training_items(memory.train, memory.catalog))
-    assert _rows(streamed.newest(6), 6) == _rows(memory.train.take(newest_rows), 6)
+    assert sequence_rows(streamed.newest(6), 6) == sequence_rows(memory.train.take(newest_rows), 6)
 
 
 def test_streamed_examples_are_the_in_memory_examples(shop) -> None:
@@ -220,7 +216,7 @@ def test_bad_rows_fail_strictly_and_go_to_the_dead_letter_output_leniently(tmp_p
     result = prepare(lenient, tmp_path / "lenient_out", workers=2, shards=2)
     prepared = open_prepared(result.folder, lenient.config.data)
     for split in ("train", "valid"):
-        assert _rows(read_sequences(prepared, split)) == _rows(getattr(memory, split))
+        assert sequence_rows(read_sequences(prepared, split)) == sequence_rows(getattr(memory, split))
     dropped = result.manifest["stats"]["dropped_rows"]
     assert dropped["total"] == len(BAD_ROWS) == memory.drops.total
     assert sorted(r["field"] for r in dropped["reasons"]) == sorted(f or "" for _, f in BAD_ROWS)
@@ -250,12 +246,12 @@ def test_amazon_scientific_prepares_row_for_row(shared_datasets, tmp_path) -> No
     result = prepare(loaded, tmp_path / "amazon")
     assert result.manifest["engine"]["name"] == "in-process"
     prepared = open_prepared(result.folder, loaded.config.data)
-    assert _rows(read_sequences(prepared, "train")) == _rows(memory.train)
-    assert _rows(read_sequences(prepared, "valid")) == _rows(memory.valid)
+    assert sequence_rows(read_sequences(prepared, "train")) == sequence_rows(memory.train)
+    assert sequence_rows(read_sequences(prepared, "valid")) == sequence_rows(memory.valid)
     streamed = ShardedSequences(prepared)
     rest_rows, newest_rows = memory.train.newest_split()
     assert len(streamed.rest()) == len(rest_rows)
-    assert _rows(streamed.newest(50), 50) == _rows(memory.train.take(newest_rows), 50)
+    assert sequence_rows(streamed.newest(50), 50) == sequence_rows(memory.train.take(newest_rows), 50)
 
 
 def test_home_depot_prepares_row_for_row(homedepot_slice, tmp_path) -> None:

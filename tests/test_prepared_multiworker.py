@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -26,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).resolve().parent / "prepared_worker_child.py"
 sys.path.insert(0, str(CHILD.parent))
 import prepared_worker_child as child  # noqa: E402, I001  (after sys.path: the children's constants)
-from test_training_strategy import _netns_available  # noqa: E402
+from test_training_strategy import _netns_available, run_child  # noqa: E402
 
 CONFIG = """\
 data:
@@ -60,20 +57,7 @@ def shop(tmp_path_factory) -> Path:
 
 def launch(out: Path, args: list[str], timeout: int = 480) -> dict:
     """Two workers (child `launch`) in a private network namespace; killed whole on timeout; their results."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CHILD_IN_NETNS="1")
-    env.pop("TF_CONFIG", None)
-    log = out.with_suffix(".log")
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(["unshare", "-rn", sys.executable, str(CHILD), "launch", str(out), *args], cwd=ROOT, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail("workers ran over %d s:\n%s" % (timeout, log.read_text()[-3000:]))
-    assert code == 0 and out.exists(), "launcher failed (%s):\n%s" % (code, log.read_text()[-3000:])
-    result = json.loads(out.read_text())
+    result = run_child(["launch", *args], out, timeout, prefix=["unshare", "-rn"], env={"CHILD_IN_NETNS": "1"}, child=CHILD)
     assert result["codes"] == [0, 0], "\n\n".join(w["log"][-3000:] for w in result["workers"])
     return result
 

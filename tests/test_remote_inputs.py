@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import sequence_rows
 from tfrec.api import load_config
 from tfrec.config.loader import ConfigError
 from tfrec.data.datasets import load_data, required_files
@@ -44,11 +45,6 @@ def _split_log(folder: Path, parts: int) -> None:
     for p in range(parts):
         with open(folder / "logs" / ("part-%d.csv" % p), "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([header, *rows[p::parts]])
-
-
-def _rows(sequences, max_history: int = 64) -> list:
-    history, _ = sequences.padded_histories(max_history)
-    return sorted(zip(sequences.users.astype(str).tolist(), map(tuple, history.tolist()), sequences.targets.tolist()))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def test_in_memory_reads_from_uris_equal_local_reads(shop) -> None:
     assert remote.catalog.ids.tolist() == local.catalog.ids.tolist()
     np.testing.assert_array_equal(remote.catalog.numeric["price"], local.catalog.numeric["price"])
     for split in ("train", "valid"):
-        assert _rows(getattr(remote, split)) == _rows(getattr(local, split))
+        assert sequence_rows(getattr(remote, split)) == sequence_rows(getattr(local, split))
     assert remote.catalog.source == shop.as_uri() + "/products.csv"
 
 
@@ -106,7 +102,7 @@ def test_prepare_reads_a_log_glob_by_uri(shop, tmp_path) -> None:
     assert len({(u, t) for u, t in zip(log.users.tolist(), log.timestamps.tolist())}) == len(log)
     prepared = open_prepared(result.folder, remote.config.data)
     for split in ("train", "valid"):
-        assert _rows(read_sequences(prepared, split)) == _rows(getattr(whole, split))
+        assert sequence_rows(read_sequences(prepared, split)) == sequence_rows(getattr(whole, split))
     assert prepare(remote, tmp_path / "prepared", workers=2, shards=2).up_to_date
 
 

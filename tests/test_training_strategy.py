@@ -59,13 +59,13 @@ def numpy_reference(initial: list) -> tuple[list[float], list[np.ndarray]]:
     return losses, [emb, w1, b1, w2, b2]
 
 
-def run_child(args: list[str], out: Path, timeout: int, prefix: list[str] = (), env: dict | None = None) -> dict:
-    """Run the child script (own process group, killed whole on timeout); return its JSON output."""
+def run_child(args: list[str], out: Path, timeout: int, prefix: list[str] = (), env: dict | None = None, child: Path = CHILD) -> dict:
+    """Run a child script (``child ARGS... OUT``; own process group, killed whole on timeout); return its JSON output."""
     log = out.with_suffix(".log")
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     full_env.pop("TF_CONFIG", None)
     with open(log, "w") as log_file:
-        proc = subprocess.Popen([*prefix, sys.executable, str(CHILD), *args, str(out)], cwd=ROOT, env=full_env,
+        proc = subprocess.Popen([*prefix, sys.executable, str(child), *args, str(out)], cwd=ROOT, env=full_env,
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)
