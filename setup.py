@@ -34,6 +34,7 @@ INSTALL_REQUIRES = [
     "pyarrow>=15",  # own data as Parquet files beside CSV
     "psutil>=5.9",  # memory available to the in-memory path, and the process-tree RSS the benchmarks record
     "google-crc32c>=1.5",  # the TFRecord checksums of `tfrec data prepare` shards, written without TensorFlow
+    "redis>=8,<9",  # the client of the online store and shared cache (the server is the system's redis-server)
 ]
 # `tfrec data prepare` runs interaction logs through Apache Spark (a Java 17+ runtime must come from a package).
 SCALE_REQUIRES = ["pyspark==4.3.0"]

@@ -31,6 +31,36 @@ def session_embedding_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on a free 127.0.0.1 port for the session (skipped without one, failed under CI)."""
+    import os
+
+    from tfrec.online.server import RedisServer, RedisUnavailable
+
+    try:
+        server = RedisServer().start()
+    except RedisUnavailable as exc:
+        if os.environ.get("TFREC_REQUIRE_REDIS"):
+            pytest.fail("TFREC_REQUIRE_REDIS is set but Redis cannot start: %s" % exc)
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def redis_url(redis_server) -> str:
+    """The session server's URL, with its keys wiped first (each test starts from an empty Redis)."""
+    import redis
+
+    if not redis_server.running:  # a test stopped it to check the fallback
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The shared datasets folder; tests that need it skip with a reason if it is absent."""
     if not (SHARED / "homedepot" / "products.csv").is_file():

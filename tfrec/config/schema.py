@@ -511,6 +511,41 @@ class ExportConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """What the served search and recommendation keep online: Redis, shoppers' recent events, result caches."""
+
+    # redis://host:port/db of the Redis that holds recent events and the shared cache; empty: no Redis
+    # (recommendations use the history sent with the request, the cache stays in-process).
+    redis_url: str = ""
+    namespace: str = "tfrec"  # every key starts with "<namespace>:", so one Redis can hold several shops
+    # A Redis call slower than this counts as a failure; the service then answers from the models alone.
+    timeout_ms: int = _bounded(50, min=1, max=60000)
+    retry_seconds: float = _bounded(2.0, min=0.0)  # after a failure, Redis is skipped this long, then tried again
+    history_length: int = _bounded(50, min=1, max=10000)  # the newest events kept per shopper
+    history_ttl_seconds: int = _bounded(30 * 24 * 3600, min=1)  # a shopper idle this long is forgotten
+    # Store shoppers under a salted hash of their id (no raw ids in Redis); needs user_id_salt.
+    hash_user_ids: bool = False
+    user_id_salt: str = ""  # the secret mixed into those hashes (keep it out of version control: --set it at start)
+    # Result cache: off, in this process (bounded LRU) or in Redis (shared by every replica).
+    cache: Literal["off", "memory", "redis"] = "memory"
+    cache_entries: int = _bounded(10000, min=1)  # the in-process cache's size (entries)
+    cache_ttl_seconds: float = _bounded(300.0, exclusive_min=True, min=0.0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """List (field, message) for rules that span fields."""
+        out = []
+        if self.hash_user_ids and not self.user_id_salt:
+            out.append(("user_id_salt", "hash_user_ids is true: set a secret salt (without one the hashes can be reversed by guessing ids)"))
+        if self.cache == "redis" and not self.redis_url:
+            out.append(("cache", "cache: redis needs online.redis_url"))
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            out.append(("redis_url", "expected redis://host:port/db, rediss://... or unix://..., got %r" % self.redis_url))
+        if not self.namespace or ":" in self.namespace:
+            out.append(("namespace", "must be a non-empty name without ':', got %r" % self.namespace))
+        return out
+
+
+@dataclass
 class Config:
     """A whole tfrec configuration, as resolved from defaults, files and overrides."""
 
@@ -524,3 +559,4 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
