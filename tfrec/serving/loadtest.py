@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ def _message(error: BaseException) -> str:
 
 
 def run_load(call: Callable[[int], None], clients: int = 32, seconds: float = 30.0, warmup_seconds: float = 1.0,
-             max_error_messages: int = 5, join_timeout: float = 60.0) -> dict:
+             max_error_messages: int = 5, join_timeout: float = 60.0, stop: Optional[threading.Event] = None) -> dict:
     """Run ``clients`` threads calling ``call(i)`` (``i``: a run-wide request number 0, 1, 2...) and summarise.
 
     Returns {"clients", "seconds", "requests", "failures", "errors": {message: count}, "qps", "p50_ms",
@@ -31,7 +31,7 @@ def run_load(call: Callable[[int], None], clients: int = 32, seconds: float = 30
     ``qps`` their successes per second, and the percentiles their latencies (None with no success).
     ``errors`` keeps the first ``max_error_messages`` distinct messages; later ones are counted under
     ``"(other messages)"``. Threads still inside a call ``join_timeout`` s after the end are reported
-    as ``"stuck"``.
+    as ``"stuck"``. Setting ``stop`` ends the load early (``seconds`` then reports the measured time).
     """
     if clients < 1:
         raise ValueError("clients must be >= 1, got %r" % (clients,))
@@ -46,7 +46,7 @@ def run_load(call: Callable[[int], None], clients: int = 32, seconds: float = 30
     def worker(slot: int) -> None:
         while True:
             began = time.perf_counter()
-            if began >= end:
+            if began >= end or (stop is not None and stop.is_set()):
                 return
             try:
                 call(next(numbers))
@@ -71,6 +71,9 @@ def run_load(call: Callable[[int], None], clients: int = 32, seconds: float = 30
         key = message if message in errors or len(errors) < max_error_messages else OTHER_ERRORS
         errors[key] = errors.get(key, 0) + 1
 
+    if stop is not None and stop.is_set():
+        seconds = round(max(1e-9, min(end, time.perf_counter()) - measure_from), 3)
+
     def percentile(q: float) -> Optional[float]:
         return round(float(np.percentile(ms, q)), 3) if ms.size else None
 
@@ -89,3 +92,17 @@ def run_load(call: Callable[[int], None], clients: int = 32, seconds: float = 30
     if stuck:
         report["stuck"] = stuck
     return report
+
+
+def zipf_replay(queries: Sequence[str], n: int, s: float = 1.0, seed: int = 0) -> list[str]:
+    """``n`` queries drawn from the distinct ``queries`` with weight 1/rank^s, ranks a seeded permutation of them."""
+    distinct = list(dict.fromkeys(str(q) for q in queries))
+    if not distinct:
+        raise ValueError("zipf_replay needs at least one query")
+    if n < 0 or s < 0:
+        raise ValueError("n and s must be >= 0, got %r and %r" % (n, s))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(distinct))  # which query is the most popular is chosen by the seed, not the file's order
+    weights = 1.0 / np.arange(1, len(distinct) + 1, dtype=np.float64) ** s
+    picks = rng.choice(len(distinct), size=int(n), p=weights / weights.sum())
+    return [distinct[order[i]] for i in picks]
