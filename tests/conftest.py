@@ -138,3 +138,28 @@ def homedepot_titles_and_queries(shared: Path, n_titles: int, n_queries: int) ->
 def homedepot_slice(shared_datasets, tmp_path) -> Path:
     """A small real slice of Home Depot (products.csv, train.csv, valid.csv) in a temp folder."""
     return write_homedepot_slice(shared_datasets, tmp_path / "homedepot")
+
+
+# The small search run several modules read (about a minute on 2 cores): trained and exported once per session.
+SEARCH_SLICE = [
+    "data.max_train_queries=40", "data.max_valid_queries=20", "data.max_products=300",
+    "retrieval.top_k=20", "retrieval.batch_size=16", "ranking.epochs=2", "ranking.negatives=4",
+    "evaluation.ks=[10,20]", "evaluation.bootstrap_resamples=100",
+]
+
+
+@pytest.fixture(scope="session")
+def search_run(tmp_path_factory, shared_datasets) -> Path:
+    """A quick search run on a small Home Depot slice (read it; copy it before changing anything)."""
+    from cli_runs import train_run
+
+    tmp = tmp_path_factory.mktemp("search")
+    return train_run(tmp, "configs/quick.yaml", SEARCH_SLICE + ["text.cache_dir=%s" % (tmp / "cache")], "homedepot-quick")
+
+
+@pytest.fixture(scope="session")
+def search_export(search_run, tmp_path_factory) -> Path:
+    """``search_run`` exported (version 1 of every search model); copy it before writing new versions."""
+    from cli_runs import export_run
+
+    return export_run(search_run, tmp_path_factory.mktemp("export"))

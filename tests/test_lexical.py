@@ -360,3 +360,40 @@ def test_build_rejects_bad_input():
         LexicalIndex.build(["drill"], b=1.5)
     with pytest.raises(ValueError, match=r"catalog_texts\[1\] must be a string"):
         LexicalIndex.build(["drill", None])
+
+
+CATALOG_EDGE_TITLES = ["", "ab", "x", "é", "Café ÜBER-cool", "a\x00b drill", "the and of", "18in. DEWALT 20-Volt MAX " * 400]
+CATALOG_EDGE_QUERIES = ["", "the and of", "Café", "ab", "é", "x² ٣4", "cordless drill " * 5000]
+
+
+def test_catalog_pair_features_equal_the_string_path(real):
+    """Precomputed title sides give pair_features' numbers: real queries x their top 100, and edge cases."""
+    from tfrec.lexical.scorer import CatalogPairFeatures
+
+    titles, seen, unseen = real
+    titles = titles + CATALOG_EDGE_TITLES
+    scorer = LexicalScorer(LexicalIndex.build(titles, seen))
+    catalog = CatalogPairFeatures(scorer, titles)
+    assert catalog.size == len(titles)
+    queries = [q.encode("utf-8") for q in seen + unseen + CATALOG_EDGE_QUERIES] + [b"\xff\xfedrill caf\xc3", b"ab\xffcd"]
+    top = np.argsort(-scorer.catalog_scores(tf.constant(queries)).numpy(), axis=1, kind="stable")[:, :100]
+    edge_rows = np.arange(len(titles) - len(CATALOG_EDGE_TITLES), len(titles))
+    rows = np.concatenate([top, np.tile(edge_rows, (len(queries), 1))], axis=1)  # every query meets every edge title
+    query_of = np.repeat(np.arange(len(queries)), rows.shape[1])
+    spec = [tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64)]
+    fast = tf.function(catalog.pair_features, input_signature=spec)(tf.constant(queries), query_of, rows.reshape(-1))
+    slow = scorer.pair_features(tf.constant([queries[i] for i in query_of]), tf.constant([titles[r] for r in rows.reshape(-1)]))
+    assert set(fast) == set(PAIR_FEATURES)
+    for name in PAIR_FEATURES:
+        np.testing.assert_allclose(fast[name].numpy(), slow[name].numpy(), rtol=0, atol=1e-5, err_msg=name)
+    assert (slow["bm25"].numpy() > 0).sum() > 1000 and (slow["char_trigram_jaccard"].numpy() > 0.2).sum() > 20
+    long_terms = scorer.index.term_ids(titles[-1])  # read up to MAX_TEXT_BYTES
+    assert float(tf.reduce_max(fast["title_terms"])) == len(long_terms) < len(scorer.index.term_ids(titles[-1], max_bytes=None))
+
+    # One query, pairs in any order and repeated; no pairs at all.
+    again = catalog.pair_features(tf.constant(queries[:1]), [0, 0, 0], [len(titles) - 1, 3, 3])
+    expected = scorer.pair_features(tf.constant(queries[:1] * 3), tf.constant([titles[-1], titles[3], titles[3]]))
+    for name in PAIR_FEATURES:
+        np.testing.assert_array_equal(again[name].numpy(), expected[name].numpy(), err_msg=name)
+    empty = catalog.pair_features(tf.constant([], tf.string), tf.zeros([0], tf.int64), tf.zeros([0], tf.int64))
+    assert all(v.shape == (0,) for v in empty.values())

@@ -16,20 +16,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from cli_runs import ROOT, export_run, in_repository_root, train_run
+from cli_runs import ROOT, in_repository_root
 from tfrec.cli.main import main
 
-SLICE = [
-    "data.max_train_queries=40", "data.max_valid_queries=20", "data.max_products=300",
-    "retrieval.top_k=20", "retrieval.batch_size=16", "ranking.epochs=2", "ranking.negatives=4",
-    "evaluation.ks=[10,20]", "evaluation.bootstrap_resamples=100",
-]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_datasets):
-    tmp = tmp_path_factory.mktemp("search")
-    return train_run(tmp, "configs/quick.yaml", SLICE + ["text.cache_dir=%s" % (tmp / "cache")], "homedepot-quick")
+def run_dir(search_run):
+    return search_run
 
 
 def test_metrics_cover_every_view_with_seen_cold_split(run_dir):
@@ -126,12 +120,13 @@ def test_evaluate_rewrites_the_same_report(run_dir, in_repo, capsys):
 
 
 @pytest.fixture(scope="module")
-def exported(run_dir, tmp_path_factory):
-    return export_run(run_dir, tmp_path_factory.mktemp("export"))
+def exported(search_export):
+    return search_export
 
 
 def test_export_layout_and_versions(exported):
-    for name in ("search_retrieval", "search_ranker"):
+    assert sorted(p.name for p in exported.iterdir() if p.is_dir()) == ["search", "search_ranker", "search_retrieval"]
+    for name in ("search_retrieval", "search_ranker", "search"):
         versions = [p.name for p in (exported / name).iterdir()]
         assert versions == ["1"], versions  # no temporary folder left behind
         assert (exported / name / "1" / "saved_model.pb").is_file()
@@ -212,10 +207,11 @@ def test_export_meets_the_tf_serving_contract(exported, capsys):
         code = main(["export", "--check", "--export-dir", str(exported)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "search_retrieval" in out and "search_ranker" in out
-    for name in ("search_retrieval", "search_ranker"):
+    assert "search_retrieval" in out and "search_ranker" in out and "search v1: OK" in out
+    for name in ("search_retrieval", "search_ranker", "search"):
         assert (exported / name / "1" / "assets.extra" / "tf_serving_warmup_requests").is_file()
-    assert (exported / "search_retrieval" / "1" / "assets.extra" / "catalog.json").is_file()
+    for name in ("search_retrieval", "search"):
+        assert (exported / name / "1" / "assets.extra" / "catalog.json").is_file()
     assert "search_retrieval" in (exported / "models.config").read_text()
 
 

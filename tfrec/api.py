@@ -395,19 +395,24 @@ def compare(run_a: PathLike, run_b: Optional[PathLike] = None, *, system: Option
 
 
 def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int] = None, check: bool = False,
-           scann: bool = False, catalog_dtype: Optional[str] = None) -> dict[str, dict]:
+           scann: bool = False, catalog_dtype: Optional[str] = None, search_k: Optional[int] = None) -> dict[str, dict]:
     """Export a run's models as TF Serving SavedModels (what ``tfrec export`` does); returns {model: {"path", "mb"}}.
 
-    ``catalog_dtype`` (float32 or float16) replaces the run's ``export.catalog_dtype`` for this export.
+    ``catalog_dtype`` (float32 or float16) replaces the run's ``export.catalog_dtype`` for this export,
+    ``search_k`` its ``export.search_k`` (results per query of a search run's one-call ``search`` model).
     """
     if catalog_dtype not in (None, "float32", "float16"):
         raise UnsupportedError("catalog_dtype must be float32 or float16, got %r" % (catalog_dtype,))
+    if search_k is not None and search_k < 1:
+        raise UnsupportedError("search_k must be >= 1, got %r" % (search_k,))
     folder = _run_folder(run)
     export_dir = Path(export_dir)
     if _exportable_kind(folder) == RECOMMENDATION:
+        if search_k is not None:
+            raise UnsupportedError("search_k applies to search runs (%s is a recommendation run)" % folder.root)
         exported = _export_recommendation(folder.root, export_dir, version, scann, catalog_dtype)
     else:
-        exported = _export_search(folder.root, export_dir, version, scann, catalog_dtype)
+        exported = _export_search(folder.root, export_dir, version, scann, catalog_dtype, search_k)
     for name, info in exported.items():
         _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
 
@@ -417,6 +422,28 @@ def export(run: PathLike, export_dir: PathLike = "export", version: Optional[int
     if check:
         check_export(export_dir)
     return exported
+
+
+def update_catalog(run: PathLike, export_dir: PathLike, changes: PathLike, version: Optional[int] = None) -> Any:
+    """Serve a changed catalog with a run's trained models, no retraining (what ``tfrec catalog update`` does).
+
+    Applies ``changes`` (CSV: action,product_id,title) to the catalog ``export_dir`` serves and publishes a new version
+    of every search model; prints the new versions and a summary and returns the
+    :class:`~tfrec.search.catalog_update.CatalogUpdate`.
+    """
+    # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
+    from tfrec.search.catalog_update import update_catalog as update
+
+    folder = _run_folder(run)
+    export_dir = Path(export_dir)
+    result = update(folder.root, export_dir, Path(changes), version=version)
+    for name, info in result.published.items():
+        _out("export: %s %s (%.1f MB)" % (name, info["path"], info["mb"]))
+    for path in write_export_deployment_files(export_dir):  # the labels follow the new version
+        _out("deployment: %s" % path)
+    for line in result.lines():
+        _out(line)
+    return result
 
 
 def _exportable_kind(folder: RunFolder) -> str:
@@ -434,7 +461,8 @@ def _exportable_kind(folder: RunFolder) -> str:
     return kind
 
 
-def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool, catalog_dtype: Optional[str]) -> dict:
+def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: bool, catalog_dtype: Optional[str],
+                   search_k: Optional[int] = None) -> dict:
     # lazy: `import tfrec` and the CLI's startup stay free of TensorFlow
     from tfrec.search.export import export_search, load_search_models
 
@@ -442,6 +470,8 @@ def _export_search(run: Path, export_dir: Path, version: Optional[int], scann: b
     models = load_search_models(run)
     if catalog_dtype is not None:
         models = dataclasses.replace(models, catalog_dtype=catalog_dtype)
+    if search_k is not None:
+        models = dataclasses.replace(models, search_k=search_k)
     # every model of the run (ScaNN's too) gets one version number and appears at once
     return export_search(models, export_dir, version=version, run=run.name, scann=scann)
 

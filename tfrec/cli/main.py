@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from tfrec import api
 from tfrec import log as tfrec_log
@@ -222,7 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     version = _model_version(args)
     try:
         if run is not None:  # prints `export: <model> <version_path>` per SavedModel, then the deployment files
-            api.export(run, args.export_dir, version=version, check=args.check, scann=args.scann, catalog_dtype=args.catalog_dtype)
+            api.export(run, args.export_dir, version=version, check=args.check, scann=args.scann, catalog_dtype=args.catalog_dtype,
+                       search_k=args.search_k)
         else:
             api.check_export(args.export_dir)
     except api.UnsupportedError as err:
@@ -231,6 +232,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise NotAvailable(str(err)) from err
     except api.ExportCheckError as err:
         raise CheckFailed(str(err)) from err
+    return 0
+
+
+def cmd_catalog_update(args: argparse.Namespace) -> int:
+    """Serve a changed catalog with a search run's trained models, no retraining: a new version of every search model.
+
+    The changes file is CSV with the header action,product_id,title (plus any of the run's catalog columns); action is
+    add, change or remove, the title empty for remove. It applies to the catalog the export serves now (its newest
+    version, so updates accumulate), and is checked before any work starts: nothing is written when it has a problem.
+    """
+    run = _run_argument(args)
+    try:  # prints `export: <model> <version_path>` per SavedModel, the deployment files, then a summary
+        api.update_catalog(run, args.export_dir, args.changes, version=args.model_version)
+    except (ValueError, FileNotFoundError, RunIncomplete) as err:  # the changes file, the export or the run: exit 2
+        raise UsageError(str(err)) from err
     return 0
 
 
@@ -377,18 +393,22 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     # lazy: `tfrec --help` and the light commands start without TensorFlow
     from tfrec.serving.grpc_client import ServingError
 
-    if bool(args.history) == bool(args.similar):
-        raise UsageError("give exactly one of --history ID,ID,... or --similar ID")
-    model = "recommender" if args.history else "similar_items"
+    if args.similar and (args.history or args.user):
+        raise UsageError("--similar takes no --history or --user")
+    if not (args.history or args.similar or args.user):
+        raise UsageError("give --history ID,ID,..., --user ID (recent events from Redis) or --similar ID")
+    model = "similar_items" if args.similar else "recommender"
     catalog = _catalog(args, model, required=False)
+    events = _event_store(args) if args.user else None
     with _client(args) as client:
-        service = RecommendService(client, catalog, label=args.label)
+        service = RecommendService(client, catalog, label=args.label, events=events)
         try:
-            if args.history:
-                history = [i.strip() for i in args.history.split(",") if i.strip()]
-                if not history:
+            if not args.similar:
+                history = [i.strip() for i in (args.history or "").split(",") if i.strip()]
+                if args.history and not history:
                     raise UsageError("--history holds no item ids")
-                hits, header = service.recommend(history, k=args.top_k), "history: %s" % ",".join(history)
+                hits = service.recommend(history or None, k=args.top_k, user_id=args.user)
+                header = "history: %s" % ",".join(history) if not args.user else "user: %s (%s)" % (args.user, _history_source(service.stats()))
             else:
                 hits, header = service.similar(args.similar, k=args.top_k), "similar to: %s" % args.similar
         except ServingError as err:
@@ -397,6 +417,109 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         _out(json.dumps({"request": header, "results": [h.as_dict() for h in hits]}, ensure_ascii=False))
     else:
         _out(hits_table(hits, header=header, id_label="item id"))
+    return 0
+
+
+def _history_source(stats: dict) -> str:
+    """Which history a --user recommendation used, in words."""
+    if stats.get("from_store"):
+        return "recent events from Redis"
+    if stats.get("fallbacks"):
+        return "Redis did not answer: the --history given"
+    return "no events in Redis: the --history given"
+
+
+def _event_store(args: argparse.Namespace) -> Any:
+    """The event store --redis or the config's online section names (UsageError when neither names a Redis)."""
+    from tfrec.online.events import EventStore
+    from tfrec.online.link import RedisLink
+
+    online = load_config(args.config, args.set or [], resolve_data_dir=False).config.online
+    url = args.redis or online.redis_url
+    if not url:
+        raise UsageError("no Redis configured: pass --redis redis://HOST:PORT/0 or set online.redis_url in the config "
+                         "(`tfrec redis` starts one on 127.0.0.1:6379)")
+    link = RedisLink(url, online.namespace, timeout_ms=online.timeout_ms, retry_seconds=online.retry_seconds)
+    return EventStore.from_config(online, link=link)
+
+
+def cmd_events_ingest(args: argparse.Namespace) -> int:
+    """Stream a file of shopper events (CSV with a header, or JSON lines) into Redis, where recommendations read them.
+
+    Lines that cannot be used are skipped and counted by reason; the exit code is 0 once the whole file was read.
+    """
+    # lazy: the light commands start without the redis client
+    from tfrec.online.events import EventStore
+    from tfrec.online.ingest import FIELDS, IngestError, ingest
+    from tfrec.online.link import RedisLink
+
+    if args.batch < 1 or (args.rate is not None and not args.rate > 0):
+        raise UsageError("--batch must be >= 1 and --rate > 0, got --batch %d --rate %s" % (args.batch, args.rate))
+    online = load_config(args.config, args.set or [], resolve_data_dir=False).config.online
+    url = args.redis or online.redis_url
+    if not url:
+        raise UsageError("no Redis configured: pass --redis redis://HOST:PORT/0 or set online.redis_url in the config "
+                         "(`tfrec redis` starts one on 127.0.0.1:6379)")
+    if args.file != "-" and not (Path(args.file).is_file() and os.access(args.file, os.R_OK)):
+        raise UsageError("cannot read the events file %s" % args.file)
+    columns = {}
+    for item in args.column or []:
+        name, sep, column = item.partition("=")
+        if not sep or not column or name.strip() not in FIELDS:
+            raise UsageError("--column takes FIELD=NAME with FIELD one of %s, got %r" % (", ".join(FIELDS), item))
+        columns[name.strip()] = column.strip()
+    known = None
+    if args.export_dir:
+        try:
+            known = ProductCatalog.from_export(Path(args.export_dir), model="recommender")
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError("no recommender catalog to check items against: %s" % err) from err
+    # Ingest is not on a request's path: it may wait longer for Redis than serving does.
+    link = RedisLink(url, online.namespace, timeout_ms=max(online.timeout_ms, 5000), retry_seconds=online.retry_seconds)
+    try:
+        if not link.run("ping", lambda client: client.ping(), False):
+            raise CommandError("Redis does not answer (%s)" % link.last_error)
+        store = EventStore.from_config(online, link=link)
+        source = (getattr(sys.stdin, "buffer", sys.stdin) if args.file == "-" else args.file)
+        try:
+            report = ingest(source, store, known, batch=args.batch, rate=args.rate, columns=columns or None, fmt=args.format)
+        except IngestError as err:
+            raise UsageError(str(err)) from err
+    finally:
+        link.close()
+    if args.file == "-":
+        report.source = "standard input"
+    _out(report.table())
+    if report.failed:
+        raise CommandError("Redis stopped taking events (%s); the file was read up to line %d" % (report.failed, report.last_line))
+    return 0
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    """Run a development redis-server on 127.0.0.1 in the foreground until Ctrl-C (production runs its own Redis)."""
+    import signal
+    import threading
+
+    from tfrec.online.server import RedisServer, RedisUnavailable
+
+    try:
+        server = RedisServer(port=args.port, data_dir=args.data_dir, maxmemory_mb=args.maxmemory_mb).start()
+    except RedisUnavailable as err:
+        raise CommandError(str(err)) from err
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())  # a killed tfrec must not leave redis-server behind
+    try:
+        _out("redis: %s" % server.url)
+        while server.running and not stopping.wait(0.5):
+            pass
+        if not stopping.is_set():
+            raise CommandError("redis-server on port %d exited" % server.port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()
+    log.info("redis-server stopped")
     return 0
 
 
@@ -411,7 +534,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from err
     for path in run_benchmarks(Path(args.out), only=args.only, data_config=args.config, export_dir=Path(args.export_dir),
-                               scale_sizes=sizes):
+                               scale_sizes=sizes, search_run=Path(args.search_run) if args.search_run else None):
         _out("bench: %s" % path)
     return 0
 
@@ -517,6 +640,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog-dtype", choices=("float32", "float16"), default=None,
                    help="how the retrieval export stores its catalog matrix (default: the run's export.catalog_dtype); "
                         "float16 halves its size")
+    p.add_argument("--search-k", type=int, default=None, metavar="N",
+                   help="results per query of the one-call search model (default: the run's export.search_k)")
+    catalog = add("catalog", lambda a: 0, "serve a changed catalog (products added, retitled, removed) without retraining",
+                  description="Work with the catalog an export serves: apply a changes file and publish a new version of "
+                              "every search model (update).")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", metavar="CATALOG_COMMAND")
+    catalog_sub.required = True
+    p = catalog_sub.add_parser("update", parents=[common], help="apply a changes file to the served catalog: a new version "
+                               "of every search model, without retraining", description=cmd_catalog_update.__doc__)
+    p.set_defaults(func=cmd_catalog_update)
+    _add_run_args(p, "the search run whose models serve the export (default: the newest finished run under ./runs)")
+    p.add_argument("--export-dir", default="export", metavar="DIR", help="the export folder to update (default: %(default)s)")
+    p.add_argument("--changes", required=True, metavar="FILE", help="CSV: action,product_id,title (+ the run's catalog columns)")
+    p.add_argument("--model-version", type=int, default=None, metavar="N",
+                   help="version number to write (default: one more than the newest in DIR)")
     p = add("tune", cmd_tune, "run a keras-tuner search declared in a config")
     _add_config_args(p)
     p = add("serve", cmd_serve, "serve an export folder over TF Serving's gRPC/REST APIs (development server)")
@@ -542,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close REST connections idle this long or this slow to send a request (default: %(default)s)")
     for name, func, help_text in (
         ("search", cmd_search, "search over served models: retrieve, look up titles, re-rank"),
-        ("recommend", cmd_recommend, "recommend over served models: --history or --similar"),
+        ("recommend", cmd_recommend, "recommend over served models: --history, --user or --similar"),
     ):
         p = add(name, func, help_text)
         if name == "search":
@@ -552,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--history", default=None, metavar="ID,ID,...", help="the shopper's items, oldest first")
             p.add_argument("--similar", default=None, metavar="ID", help="an item whose similar items to list")
+            p.add_argument("--user", default=None, metavar="ID", help="a shopper whose recent events (in Redis) are the history; "
+                                                                     "--history is then the fallback when Redis has none")
+            p.add_argument("--redis", default=None, metavar="URL", help="redis://HOST:PORT/DB of the events (default: the config's "
+                                                                       "online.redis_url)")
+            _add_config_args(p, default=None)
         p.add_argument("--server", default="127.0.0.1:8500", metavar="HOST:PORT", help="gRPC address of TF Serving or tfrec serve (default: %(default)s)")
         p.add_argument("--rest", default=None, metavar="URL", help="use the REST API at URL instead of gRPC (e.g. 127.0.0.1:8501 or http://host:8501)")
         p.add_argument("--export-dir", default="export", metavar="DIR", help="export folder whose catalog.json gives titles (default: %(default)s)")
@@ -565,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
     p.add_argument("--config", default="configs/default.yaml", metavar="FILE", help="config whose data the benchmarks read")
     p.add_argument("--export-dir", default="export", metavar="DIR", help="export the serving benchmark serves (default: %(default)s)")
+    p.add_argument("--search-run", default=None, metavar="RUN", help="search run whose catalog updates --only realtime "
+                                                                     "times (default: that scenario is skipped)")
     p.add_argument("--scale-sizes", default=None, metavar="LIST", help="events per size for --only scale, e.g. 1M,5M "
                                                                        "(default: 1M,5M,20M,50M)")
 
@@ -618,6 +763,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the same seed and sizes give the same bytes (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite files an earlier run wrote")
+    events = add("events", lambda a: 0, "feed shoppers' recent events into Redis (ingest)",
+                 description="Shoppers' recent events in Redis, which recommendations read as the freshest history: "
+                             "stream a file of them in (ingest).")
+    events_sub = events.add_subparsers(dest="events_command", metavar="EVENTS_COMMAND")
+    events_sub.required = True
+    p = events_sub.add_parser("ingest", parents=[common], help="stream a CSV or JSON-lines file of events into Redis",
+                              description=cmd_events_ingest.__doc__)
+    p.set_defaults(func=cmd_events_ingest)
+    p.add_argument("file", metavar="FILE", help="CSV with a header (user_id,item_id,timestamp[,kind][,event_id]) or JSON "
+                                                "lines, optionally .gz; - reads standard input")
+    _add_config_args(p, default=None)
+    p.add_argument("--redis", default=None, metavar="URL", help="redis://HOST:PORT/DB (default: the config's online.redis_url)")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="skip events of items the recommender export in DIR does not hold (its catalog.json)")
+    p.add_argument("--column", action="append", metavar="FIELD=NAME",
+                   help="the file's name for a field, e.g. user_id=visitorid (repeatable)")
+    p.add_argument("--format", choices=["csv", "jsonl"], default=None, help="file format (default: from the extension, "
+                                                                           "else the first character)")
+    p.add_argument("--batch", type=int, default=500, metavar="N", help="events per Redis round trip (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=None, metavar="EPS", help="pace the stream at EPS events/s (default: as fast as Redis takes them)")
+    p = add("redis", cmd_redis, "run a development redis-server on 127.0.0.1 until Ctrl-C (prints its URL)")
+    p.set_defaults(log_timestamps=True)
+    p.add_argument("--port", type=int, default=6379, help="port to listen on (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="keep RDB snapshots in DIR (default: nothing is written to disk)")
+    p.add_argument("--maxmemory-mb", type=int, default=256, metavar="MB",
+                   help="memory cap; the least recently used keys are evicted beyond it (default: %(default)s)")
     p = add("init", cmd_init, "write a commented starter config (DIR/tfrec.yaml) for your own CSV or Parquet files")
     p.add_argument("kind", choices=list(STARTERS), help="; ".join("%s: %s" % (k, v.summary) for k, v in STARTERS.items()))
     p.add_argument("dir", metavar="DIR", help="the folder that holds (or will hold) your data files; created if missing")

@@ -508,6 +508,9 @@ class ExportConfig:
     # vectors: float16 halves their size and scores in float16 (results are float32, top-100 lists
     # nearly identical); float32 is exact. Read from the run's config when it is exported.
     catalog_dtype: Literal["float32", "float16"] = "float32"
+    # Results per query of the one-call `search` model (retrieval and re-ranking in one request); it
+    # re-ranks retrieval.top_k candidates as the two-call service does. `tfrec export --search-k N` overrides it.
+    search_k: int = _bounded(10, min=1)
 
 
 @dataclass

@@ -13,7 +13,7 @@ stripping for the others.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -42,19 +42,26 @@ def graph_raw_tokens(texts: Any, max_bytes: Optional[int] = None) -> "tf.RaggedT
     return tf.strings.split(spaced)
 
 
+def char_trigrams(texts: Any) -> "tf.SparseTensor":
+    """The character 3-grams of lowercased strings ``[B]`` (invalid UTF-8 as U+FFFD), a string SparseTensor ``[B, None]``."""
+    lowered = tf.strings.lower(tf.ensure_shape(tf.convert_to_tensor(texts, tf.string), [None]), encoding="utf-8")
+    chars = tf.strings.unicode_split(lowered, "UTF-8", errors="replace")
+    return tf.strings.ngrams(chars, 3, separator="").to_sparse()
+
+
 def char_trigram_jaccard(a: Any, b: Any) -> "tf.Tensor":
     """Jaccard similarity of the character 3-gram sets of two lowercased string batches, float32 ``[B]``.
 
     0 where both sets are empty (texts under 3 characters); invalid UTF-8 counts as U+FFFD.
     """
-    def trigrams(texts: Any) -> "tf.SparseTensor":
-        lowered = tf.strings.lower(tf.ensure_shape(tf.convert_to_tensor(texts, tf.string), [None]), encoding="utf-8")
-        chars = tf.strings.unicode_split(lowered, "UTF-8", errors="replace")
-        return tf.strings.ngrams(chars, 3, separator="").to_sparse()
+    grams_a, grams_b = char_trigrams(a), char_trigrams(b)
+    return _jaccard(tf.sets.size(tf.sets.intersection(grams_a, grams_b)), tf.sets.size(grams_a), tf.sets.size(grams_b))
 
-    grams_a, grams_b = trigrams(a), trigrams(b)
-    common = tf.cast(tf.sets.size(tf.sets.intersection(grams_a, grams_b)), tf.float32)
-    union = tf.cast(tf.sets.size(grams_a) + tf.sets.size(grams_b), tf.float32) - common
+
+def _jaccard(common: Any, size_a: Any, size_b: Any) -> "tf.Tensor":
+    """|A & B| / |A | B| from int32 set sizes, 0 where both sets are empty."""
+    common = tf.cast(common, tf.float32)
+    union = tf.cast(size_a + size_b, tf.float32) - common
     return tf.math.divide_no_nan(common, union)
 
 
@@ -172,11 +179,24 @@ class LexicalScorer(tf.keras.layers.Layer):
         # linear in the lengths of both texts, whatever a request sends.
         rows, terms, repeats = _distinct_terms(query_ids, vocabulary)
         title_keys = tf.sort(tf.cast(title_ids.value_rowids(), tf.int64) * vocabulary + tf.cast(title_ids.flat_values, tf.int64))
+        features = self._term_features(rows, terms, repeats, title_keys, title_ids.row_lengths(), n_rows)
+        features["char_trigram_jaccard"] = char_trigram_jaccard(
+            tf.strings.substr(queries, 0, self.max_query_bytes), tf.strings.substr(titles, 0, MAX_TEXT_BYTES))
+        return features
+
+    def _term_features(self, rows: Any, terms: Any, repeats: Any, title_keys: Any, title_lengths: Any, n_rows: Any) -> dict:
+        """The term features of :meth:`pair_features` (all but the trigram Jaccard) from each pair's distinct query terms.
+
+        ``rows``, ``terms``, ``repeats``: the pairs' distinct query terms as :func:`_distinct_terms` gives them;
+        ``title_keys``: sorted ``row * V + term`` of every title term (repeats kept); ``title_lengths``: terms per title.
+        One definition for the string path and :class:`CatalogPairFeatures`, so both compute the same numbers.
+        """
+        vocabulary = self._vocabulary_size
         keys = rows * vocabulary + terms
         counts = tf.cast(
             tf.searchsorted(title_keys, keys, side="right") - tf.searchsorted(title_keys, keys, side="left"), tf.float32
         )  # each distinct query term's frequency in its title
-        title_len = tf.cast(title_ids.row_lengths(), tf.float32)
+        title_len = tf.cast(title_lengths, tf.float32)
         idf = tf.gather(self._idf, terms)
         norm = self._k1 * (1.0 - self._b + self._b * title_len / self._avgdl)
         saturation = tf.math.divide_no_nan(counts, counts + tf.gather(norm, rows))
@@ -192,8 +212,6 @@ class LexicalScorer(tf.keras.layers.Layer):
             "idf_matched_fraction": tf.math.divide_no_nan(per_row(idf * matched), per_row(idf)),
             "query_terms": n_distinct,
             "title_terms": title_len,
-            "char_trigram_jaccard": char_trigram_jaccard(
-                tf.strings.substr(queries, 0, self.max_query_bytes), tf.strings.substr(titles, 0, MAX_TEXT_BYTES)),
         }
 
     def get_config(self) -> dict:
@@ -207,6 +225,113 @@ class LexicalScorer(tf.keras.layers.Layer):
         config["index"] = self._index_dir
         config["max_query_terms"] = self.max_query_terms
         return config
+
+
+class CatalogPairFeatures(tf.Module):
+    """:meth:`LexicalScorer.pair_features` of (query, catalog title) pairs named by catalog row, the title side precomputed.
+
+    Built once from the catalog titles (row i = title i): each title's term ids (sorted, repeats
+    kept) and its distinct character 3-grams, as ids into the catalog's own 3-gram vocabulary (exact
+    strings, so no two 3-grams share an id). A request then tokenizes each query once, not once per
+    candidate, and reads the titles' sides by row. The numbers are those of ``pair_features`` on the
+    same titles: the term features go through the same code, and the Jaccard's set sizes are the
+    same integers (a query 3-gram no catalog title has can only add to the union).
+    """
+
+    def __init__(self, scorer: LexicalScorer, titles: Sequence[Union[str, bytes]], chunk_rows: int = 4096,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.scorer = scorer
+        terms, term_lengths, grams, gram_lengths, vocabulary = [], [], [], [], {}
+        for start in range(0, len(titles), chunk_rows):
+            chunk = tf.constant(np.asarray(titles[start : start + chunk_rows], dtype=object))
+            ids = scorer.term_ids(chunk)
+            rows, values = ids.value_rowids().numpy(), ids.flat_values.numpy()
+            terms.append(values[np.lexsort((values, rows))])
+            term_lengths.append(ids.row_lengths().numpy())
+            sparse = char_trigrams(tf.strings.substr(chunk, 0, MAX_TEXT_BYTES))
+            distinct, position = tf.unique(sparse.values)
+            known = np.array([vocabulary.setdefault(g, len(vocabulary)) for g in distinct.numpy()], np.int64)
+            # Each title's distinct 3-gram ids, sorted: one (row, id) key each.
+            keys = np.unique((sparse.indices[:, 0].numpy() << 32) | known[position.numpy()])
+            grams.append((keys & 0xFFFFFFFF).astype(np.int32))
+            gram_lengths.append(np.bincount(keys >> 32, minlength=len(chunk)))
+        if len(vocabulary) >= 2 ** 31:
+            raise ValueError("the catalog titles hold %d distinct character 3-grams, over int32's range" % len(vocabulary))
+        self.size = int(len(titles))
+        self._gram_vocabulary = int(len(vocabulary))
+        self._gram_ids = None
+        if vocabulary:
+            self._gram_ids = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(list(vocabulary), tf.string), tf.range(len(vocabulary), dtype=tf.int64)),
+                default_value=-1,
+            )
+        # Variables, not constants: every traced function shares one copy, saved once.
+        self._terms = tf.Variable(_concat(terms, np.int32), trainable=False, name="title_terms")
+        self._term_splits = tf.Variable(_splits(term_lengths), trainable=False, name="title_term_splits")
+        self._grams = tf.Variable(_concat(grams, np.int32), trainable=False, name="title_trigrams")
+        self._gram_splits = tf.Variable(_splits(gram_lengths), trainable=False, name="title_trigram_splits")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the precomputed arrays (the lookup table of 3-gram strings aside)."""
+        return sum(int(v.shape[0]) * v.dtype.size for v in (self._terms, self._term_splits, self._grams, self._gram_splits))
+
+    def pair_features(self, queries: Any, query_of: Any, rows: Any) -> dict[str, "tf.Tensor"]:
+        """:meth:`LexicalScorer.pair_features` of the pairs (``queries[query_of[i]]``, catalog title ``rows[i]``), each float32 ``[n]``.
+
+        ``queries`` string ``[B]``: each is tokenized once however many pairs name it; ``query_of``
+        and ``rows`` integer ``[n]``, every row in ``[0, size)``.
+        """
+        queries = tf.ensure_shape(tf.convert_to_tensor(queries, tf.string), [None])
+        query_of = tf.cast(tf.convert_to_tensor(query_of), tf.int64)
+        rows = tf.cast(tf.convert_to_tensor(rows), tf.int64)
+        tf.debugging.assert_equal(tf.shape(query_of), tf.shape(rows), message="query_of and rows must align")
+        n_pairs = tf.size(rows, out_type=tf.int64)
+        scorer = self.scorer
+        vocabulary = scorer._vocabulary_size
+
+        # Each query's distinct terms, once; then those of each pair's query, in the same order.
+        q_rows, q_terms, q_repeats = _distinct_terms(scorer.query_term_ids(queries), vocabulary)
+        q_splits = tf.ragged.segment_ids_to_row_splits(q_rows, num_segments=tf.size(queries, out_type=tf.int64))
+        picked = _ragged_positions(q_splits, query_of)
+        pair_rows, at = picked.value_rowids(), picked.flat_values
+        terms, repeats = tf.gather(q_terms, at), tf.gather(q_repeats, at)
+        titles = _ragged_positions(self._term_splits, rows)
+        # Each title's ids are sorted and pairs come in order: the keys are sorted already.
+        title_keys = titles.value_rowids() * vocabulary + tf.cast(tf.gather(self._terms, titles.flat_values), tf.int64)
+        features = scorer._term_features(pair_rows, terms, repeats, title_keys, titles.row_lengths(), n_pairs)
+
+        grams = char_trigrams(tf.strings.substr(queries, 0, scorer.max_query_bytes))
+        query_sizes = tf.gather(tf.sets.size(grams), query_of)
+        title_grams = _ragged_positions(self._gram_splits, rows)
+        title_sizes = tf.cast(title_grams.row_lengths(), tf.int32)
+        if self._gram_ids is None:  # no catalog title has a 3-gram: nothing is common
+            common = tf.zeros_like(title_sizes)
+        else:
+            span = self._gram_vocabulary
+            ids = self._gram_ids.lookup(grams.values)
+            known = ids >= 0
+            query_keys = tf.sort(tf.unique(tf.boolean_mask(grams.indices[:, 0] * span + ids, known)).y)
+            owner = title_grams.value_rowids()
+            keys = tf.gather(query_of, owner) * span + tf.cast(tf.gather(self._grams, title_grams.flat_values), tf.int64)
+            hits = tf.searchsorted(query_keys, keys, side="right") - tf.searchsorted(query_keys, keys, side="left")
+            common = tf.math.unsorted_segment_sum(hits, owner, n_pairs)
+        features["char_trigram_jaccard"] = _jaccard(common, query_sizes, title_sizes)
+        return features
+
+
+def _ragged_positions(splits: Any, rows: Any) -> "tf.RaggedTensor":
+    """Ragged ``[n, None]`` positions into CSR values (row_splits ``splits``) of each of ``rows``."""
+    return tf.ragged.range(tf.gather(splits, rows), tf.gather(splits, rows + 1))
+
+
+def _concat(parts: list, dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros([0], dtype)
+
+
+def _splits(lengths: list) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.concatenate(lengths) if lengths else [])]).astype(np.int64)
 
 
 def _distinct_terms(ids: "tf.RaggedTensor", vocabulary: int) -> tuple["tf.Tensor", "tf.Tensor", "tf.Tensor"]:

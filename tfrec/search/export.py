@@ -1,6 +1,6 @@
-"""SavedModels of a trained search run: ``search_retrieval`` and ``search_ranker``.
+"""SavedModels of a trained search run: ``search_retrieval``, ``search_ranker`` and the one-call ``search``.
 
-Both take raw strings and need only TensorFlow and tensorflow-text to load (tokenizer, BERT,
+All take raw strings and need only TensorFlow and tensorflow-text to load (tokenizer, BERT,
 lexical index and catalog vectors are all in the graph; no ScaNN ops, so stock TF Serving loads
 them):
 
@@ -13,6 +13,11 @@ them):
   pairs are encoded, and ids outside the training vocabulary take the text-only path); ``regress`` (method
   ``tensorflow/serving/regress``): ``inputs`` serialized ``tf.Example``s with bytes features
   ``query``, ``product_id``, ``title`` -> ``outputs`` float32 [None] (TF Serving's Regress API).
+* ``search/<version>/`` ``serving_default``: ``query`` string [None] -> ``product_ids``, ``titles``
+  string [None, K], ``scores`` float32 [None, K] (the ranker's score, or the hybrid score when the
+  run serves retrieval order), ``retrieval_scores`` float32 [None, K] and ``candidates`` int32
+  [None] (retrieved products the ranker re-ordered; 0 in retrieval order): retrieval and ranking in
+  one call, the numbers of the two models above (K: ``export.search_k``).
 
 ``export.catalog_dtype: float16`` stores ``search_retrieval``'s catalog matrices as float16 (half the
 size; the hybrid scores stay float32). Each carries TF Serving warm-up records built from real catalog titles. Versions and the
@@ -25,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -33,7 +38,7 @@ from tfrec import compat
 from tfrec.search.features import RankerFeatures
 from tfrec.search.hybrid import HybridScorer, HybridWeights
 from tfrec.search.models import build_retrieval, catalog_features, ranker_head, retrieval_model
-from tfrec.serving.service import CATALOG_FILE, RANKER_MODEL as RANKER_NAME, RETRIEVAL_MODEL as RETRIEVAL_NAME
+from tfrec.serving.service import CATALOG_FILE, RANKER_MODEL as RANKER_NAME, RETRIEVAL_MODEL as RETRIEVAL_NAME, SEARCH_MODEL as SEARCH_NAME
 from tfrec.serving.bounded import DEFAULT_CHUNK_ROWS, map_row_chunks
 from tfrec.serving.catalog_file import catalog_json
 from tfrec.serving.publish import ExportSet
@@ -41,8 +46,11 @@ from tfrec.serving.savedmodel import REGRESS_METHOD, predict_log, regress_log
 from tfrec.config.loader import load_config
 from tfrec.data.datasets import load_data
 from tfrec.data.slices import slice_for_config
+from tfrec.data.tables import Catalog
 from tfrec.evaluation.chunks import SCORE_CELLS, row_chunk
 from tfrec.lexical import LexicalScorer
+from tfrec.lexical.scorer import CatalogPairFeatures
+from tfrec.lexical.index import LexicalIndex
 from tfrec.ranking.model import LEXICAL_FEATURES
 from tfrec.retrieval.index import build_index
 from tfrec.runs import RunFolder, SEARCH
@@ -54,6 +62,9 @@ tf = compat.tensorflow()
 RANKER_FEATURES = ("query", "product_id", "title")
 # Ranker rows per pass: each new title is a BERT pass and lexical work over up to 8 KiB of text.
 RANKER_CHUNK_ROWS = 64
+# (query, candidate) pairs the one-call search scores per pass: lexical features only (its candidates'
+# vectors are catalog rows), each pair bounded by the query's scored bytes and the catalog's text.
+SEARCH_PAIRS = 256
 SCANN_DIR = "scann"
 SCANN_NAME = SCANN_DIR + "/" + RETRIEVAL_NAME  # its model folder, relative to the export folder
 # Warm-up queries: typical, empty, and a long one (the tokenizer truncates it).
@@ -164,6 +175,81 @@ class SearchModels:
     catalog_columns: Optional[CatalogFeatureLookup] = None  # the catalog columns the ranker head fuses
     rerank: bool = True  # whether the run kept its ranker (else the service keeps retrieval order)
     catalog_dtype: str = "float32"  # export.catalog_dtype: how search_retrieval stores its catalog matrices
+    search_k: int = 10  # export.search_k: results per query of the one-call search model
+
+
+class SearchExport(tf.Module):
+    """query strings -> the final top-K in one call: hybrid retrieval of the run's top_k, re-ranked by its ranker.
+
+    Computes what ``search_retrieval`` then ``search_ranker`` compute for the same query (the
+    service's two calls): each query is encoded once and its vectors serve both stages; the
+    candidates are catalog rows, so the ranker reads their vectors by row from the matrices the
+    :class:`HybridScorer` scores with (one copy of each in the SavedModel) instead of encoding
+    titles, and their lexical features from the titles' terms and 3-grams precomputed at export
+    (:class:`~tfrec.lexical.scorer.CatalogPairFeatures`, the same numbers), each query tokenized once. Equal ranker scores keep the retrieval order. A run that did not keep its ranker
+    (``models.rerank`` false) serves the retrieval order and scores. Queries go through in chunks
+    of at most :data:`SEARCH_PAIRS` (query, candidate) pairs, so a request's memory stays bounded.
+    """
+
+    def __init__(self, models: SearchModels, k: Optional[int] = None, chunk_rows: Optional[int] = None) -> None:
+        super().__init__()
+        size = len(models.ids)
+        self.candidates = int(min(models.top_k, size))
+        self.k = int(min(models.search_k if k is None else k, self.candidates))
+        if self.k < 1:
+            raise ValueError("the search model needs k >= 1 results per query, got %r" % (k if k is not None else models.search_k,))
+        self.weights = models.weights
+        self.rerank = bool(models.rerank)
+        head = models.head if self.rerank else None
+        if head is not None and head.column_inputs and models.catalog_columns is None:
+            raise ValueError("the ranker head fuses catalog columns (%s): SearchModels.catalog_columns must hold them"
+                             % ", ".join(head.column_inputs))
+        # The ranker reads zero-shot vectors even when the hybrid score gives them weight 0.
+        needs_zero = bool(self.weights.zero_shot) or self.rerank
+        self.query_encoder = models.retrieval.query_encoder
+        self.zero_encoder = models.zero_encoder if needs_zero else None
+        self.lexical = models.lexical
+        self.hybrid = HybridScorer(models.catalog_dense, models.catalog_zero if needs_zero else None,
+                                   models.lexical if self.weights.lexical else None, dtype=models.catalog_dtype)
+        self.ids = tf.Variable(np.asarray(models.ids).astype(str).astype(object), trainable=False, dtype=tf.string, name="product_ids")
+        titles = np.asarray(models.titles).astype(str).astype(object)
+        self.titles = tf.Variable(titles, trainable=False, dtype=tf.string, name="titles")
+        self.head = head
+        self.features = self.catalog_lexical = None
+        if head is not None:
+            # The candidates are catalog rows: their titles' lexical side is computed here, once, not per request.
+            self.catalog_lexical = CatalogPairFeatures(models.lexical, titles, name="catalog_lexical")
+            self.features = RankerFeatures(models.lexical.pair_features, self.hybrid.catalog_dense, self.hybrid.catalog_zero,
+                                           catalog_columns=models.catalog_columns if head.column_inputs else None,
+                                           catalog_pair_features=self.catalog_lexical.pair_features, name="ranker_features")
+        retrieval_rows = row_chunk(size, SCORE_CELLS // 4, most=DEFAULT_CHUNK_ROWS)
+        pair_rows = max(1, SEARCH_PAIRS // self.candidates) if self.rerank else retrieval_rows
+        self.chunk_rows = chunk_rows or min(retrieval_rows, pair_rows)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query")])
+    def serve(self, query: Any) -> dict:
+        """The serving signature."""
+        k = [self.k]
+        ids, titles, scores, first = map_row_chunks(self._search, [query], self.chunk_rows,
+                                                    [(tf.string, k), (tf.string, k), (tf.float32, k), (tf.float32, k)])
+        reordered = tf.fill(tf.shape(query), tf.constant(self.candidates if self.rerank else 0, tf.int32))
+        return {"product_ids": ids, "titles": titles, "scores": scores, "retrieval_scores": first, "candidates": reordered}
+
+    def _search(self, query: Any) -> list:
+        q_dense = self.query_encoder(query, training=False)
+        q_zero = self.zero_encoder(query, training=False) if self.zero_encoder is not None else None
+        rows, first = self.hybrid.top_k(q_dense, q_zero, query, self.weights, self.candidates)
+        if self.head is None:
+            rows, first = rows[:, : self.k], first[:, : self.k]
+            return [tf.gather(self.ids, rows), tf.gather(self.titles, rows), first, first]
+        ids, titles = tf.gather(self.ids, rows), tf.gather(self.titles, rows)
+        inputs = self.features({"query": query, "query_vector": q_dense, "query_zero": q_zero,
+                                "product_id": ids, "title": titles, "product_row": rows})
+        # top_k puts the lower index first among equal scores: ties keep the retrieval order.
+        top = tf.math.top_k(self.head(inputs, training=False), k=self.k)
+        order = top.indices
+        return [tf.gather(ids, order, batch_dims=1), tf.gather(titles, order, batch_dims=1), top.values,
+                tf.gather(first, order, batch_dims=1)]
 
 
 def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
@@ -178,10 +264,10 @@ def _warmup_pairs(models: SearchModels) -> dict[str, list[str]]:
 
 def export_search(models: SearchModels, export_dir: Path, version: Optional[int] = None, run: str = "",
                   scann: bool = False) -> dict[str, dict]:
-    """Write both SavedModels (and the ScaNN one with ``scann``) as one version, published together.
+    """Write the three SavedModels (and the ScaNN one with ``scann``) as one version, published together.
 
-    Each carries warm-up records (retrieval also the catalog file) and a marker naming ``run``;
-    returns {name: {"path", "mb"}}.
+    Each carries warm-up records (retrieval and search also the catalog file) and a marker naming
+    ``run``; returns {name: {"path", "mb"}}.
     """
     retrieval = RetrievalExport(
         models.retrieval, models.zero_encoder, models.lexical, models.catalog_dense, models.catalog_zero,
@@ -192,12 +278,13 @@ def export_search(models: SearchModels, export_dir: Path, version: Optional[int]
                           catalog_columns=models.catalog_columns)
     pairs = _warmup_pairs(models)
     examples = [dict(zip(RANKER_FEATURES, values)) for values in zip(*(pairs[f] for f in RANKER_FEATURES))]
-    names = [RETRIEVAL_NAME, RANKER_NAME] + ([SCANN_NAME] if scann else [])
+    catalog = catalog_json(models.ids, models.titles, rerank=models.rerank)
+    names = [RETRIEVAL_NAME, RANKER_NAME, SEARCH_NAME] + ([SCANN_NAME] if scann else [])
     with ExportSet(export_dir, names, run=run, version=version) as export:
         export.save(
             RETRIEVAL_NAME, retrieval, {"serving_default": retrieval.serve},
             warmup=[predict_log(RETRIEVAL_NAME, {"query": list(WARMUP_QUERIES)}), predict_log(RETRIEVAL_NAME, {"query": [WARMUP_QUERIES[0]]})],
-            extra_files={CATALOG_FILE: catalog_json(models.ids, models.titles, rerank=models.rerank)},
+            extra_files={CATALOG_FILE: catalog},
         )
         export.save(
             RANKER_NAME, ranker, {"serving_default": ranker.serve, "regress": ranker.regress},
@@ -205,11 +292,22 @@ def export_search(models: SearchModels, export_dir: Path, version: Optional[int]
                     regress_log(RANKER_NAME, examples)],
             methods={"regress": REGRESS_METHOD},
         )
+        _save_search(export, models, catalog)
         if scann:
             _save_scann(export, models)
     if scann:
         _write_scann_readme(Path(export_dir))
     return export.published
+
+
+def _save_search(export: ExportSet, models: SearchModels, catalog: Optional[bytes] = None) -> None:
+    """Add the one-call ``search`` model (:class:`SearchExport`) to ``export``, with its warm-up records and catalog file."""
+    module = SearchExport(models)
+    export.save(
+        SEARCH_NAME, module, {"serving_default": module.serve},
+        warmup=[predict_log(SEARCH_NAME, {"query": list(WARMUP_QUERIES)}), predict_log(SEARCH_NAME, {"query": [WARMUP_QUERIES[0]]})],
+        extra_files={CATALOG_FILE: catalog if catalog is not None else catalog_json(models.ids, models.titles, rerank=models.rerank)},
+    )
 
 
 class ScannRetrievalExport(tf.Module):
@@ -253,8 +351,21 @@ def export_scann(models: SearchModels, export_dir: Path, version: Optional[int] 
     return export.published
 
 
-def load_search_models(run_dir: Path) -> SearchModels:
-    """Rebuild a run's trained search models from its folder (config, weights, index, vectors)."""
+@dataclass(frozen=True)
+class ServedCatalog:
+    """A catalog served in place of the run's own (``tfrec catalog update``): its products, BM25 index and vectors."""
+
+    catalog: Catalog  # every product served: ids, its text (the title) and the catalog columns
+    lexical: LexicalIndex  # BM25 over its titles
+    # (retrieval model, zero-shot encoder) -> (product vectors [N, dim], zero-shot vectors [N, zdim]) of its products
+    vectors: Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]
+
+
+def load_search_models(run_dir: Path, served: Optional[ServedCatalog] = None) -> SearchModels:
+    """Rebuild a run's trained search models from its folder (config, weights, index, vectors).
+
+    ``served`` replaces the run's catalog (products, catalog columns, BM25 index and vectors); the models stay the run's.
+    """
     folder = RunFolder(run_dir)
     if folder.record() is not None and folder.kind() != SEARCH:
         raise ValueError("%s is a %s run, not a search run: it has no search models" % (folder.root, folder.kind()))
@@ -265,17 +376,27 @@ def load_search_models(run_dir: Path) -> SearchModels:
     data = load_data(loaded)
     data = slice_for_config(data, cfg)
     search = json.loads(folder.search_settings.read_text(encoding="utf-8"))
-    titles, ids = data.catalog.text().astype(str), data.catalog.ids.astype(str)
-    catalog_dense = np.load(folder.catalog_vectors)
-    if catalog_dense.shape[0] != len(ids):
-        raise ValueError("%s has %d vectors but the run's catalog has %d products" % (folder.root, catalog_dense.shape[0], len(ids)))
+    catalog = data.catalog if served is None else served.catalog
+    titles, ids = catalog.text().astype(str), catalog.ids.astype(str)
+    columns = catalog_features(cfg, catalog)
 
+    # The towers and the head are built on the run's catalog: its column statistics are part of the trained models.
     retrieval = retrieval_model(cfg, _read_lines(folder.retrieval_vocabulary), catalog=data.catalog)
+    if served is not None and columns is not None:
+        retrieval.catalog_features = columns  # products the run never saw get their own columns, not missing ones
     build_retrieval(retrieval)
     retrieval.load_weights(str(folder.retrieval_weights)).expect_partial()
 
     zero_encoder = frozen_encoder(cfg.text)
-    catalog_zero, _ = catalog_text_features(list(titles), cfg.text, progress=True, encoder=zero_encoder)
+    if served is None:
+        catalog_dense = np.load(folder.catalog_vectors)
+        if catalog_dense.shape[0] != len(ids):
+            raise ValueError("%s has %d vectors but the run's catalog has %d products" % (folder.root, catalog_dense.shape[0], len(ids)))
+        catalog_zero, _ = catalog_text_features(list(titles), cfg.text, progress=True, encoder=zero_encoder)
+    else:
+        catalog_dense, catalog_zero = served.vectors(retrieval, zero_encoder)
+        if catalog_dense.shape[0] != len(ids) or catalog_zero.shape[0] != len(ids):
+            raise ValueError("%d and %d vectors for a served catalog of %d products" % (catalog_dense.shape[0], catalog_zero.shape[0], len(ids)))
 
     head = ranker_head(cfg, _read_lines(folder.ranker_vocabulary) or None, data.catalog)
     dim, zdim = retrieval.dim, zero_encoder.output_dim
@@ -286,12 +407,14 @@ def load_search_models(run_dir: Path) -> SearchModels:
     head.lexical_norm.finalize_state()  # Normalization reads its adapted statistics only here
 
     return SearchModels(
-        retrieval=retrieval, zero_encoder=zero_encoder, lexical=LexicalScorer(folder.lexical, max_query_terms=cfg.retrieval.query_max_terms), head=head,
+        retrieval=retrieval, zero_encoder=zero_encoder, head=head,
+        lexical=LexicalScorer(folder.lexical if served is None else served.lexical, max_query_terms=cfg.retrieval.query_max_terms),
         catalog_dense=catalog_dense, catalog_zero=catalog_zero, ids=ids, titles=titles,
         weights=HybridWeights(**search["hybrid_weights"]), top_k=int(search["top_k"]),
-        catalog_columns=catalog_features(cfg, data.catalog),
+        catalog_columns=columns,
         rerank=bool(search.get("rerank", True)),  # runs before the choice existed always re-ranked
         catalog_dtype=cfg.export.catalog_dtype,
+        search_k=cfg.export.search_k,
     )
 
 

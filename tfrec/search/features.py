@@ -5,8 +5,10 @@ As in TF-Ranking's Keras model builder (create inputs -> preprocess -> score), t
 (query, product) lists. Training calls the layer on catalog rows with the query vectors it has
 already encoded (:func:`tfrec.search.ranker_data.head_inputs`, once per list set); the
 ``search_ranker`` SavedModel (:class:`tfrec.search.export.RankerExport`) calls it on request
-strings, a bounded chunk of rows at a time, after encoding each distinct query once. The numbers
-the evaluation scores are therefore the numbers the export computes.
+strings, a bounded chunk of rows at a time, after encoding each distinct query once; the one-call
+``search`` SavedModel (:class:`tfrec.search.export.SearchExport`) on the catalog rows retrieval
+returned (``product_row``), with the query vectors retrieval used. The numbers the evaluation
+scores are therefore the numbers the export computes.
 
 Per item the layer reads a product's vectors from the catalog matrices when it is a catalog
 product (training always; the export when a request sends a catalog id with its catalog title)
@@ -48,14 +50,21 @@ class RankerFeatures(tf.keras.layers.Layer):
     missing values (NaN, "").
 
     ``pair_features`` is a :class:`~tfrec.lexical.LexicalScorer`'s ``pair_features`` (or a traced
-    copy of it). Catalog lookups need ``ids`` and ``titles``; products outside the catalog, and
-    :meth:`encode_queries`, need ``retrieval`` (the two towers) and ``zero_encoder``.
+    copy of it). ``catalog_pair_features``, when given, is a
+    :class:`~tfrec.lexical.scorer.CatalogPairFeatures`' ``pair_features`` over the same catalog rows
+    (the same numbers, the titles' side precomputed): the items with a catalog row take it, each
+    query tokenized once (with ``product_row``, an item's title is its row's catalog title); the
+    others keep ``pair_features``. Catalog lookups need ``ids`` and ``titles``; products outside
+    the catalog, and :meth:`encode_queries`, need ``retrieval`` (the two towers) and ``zero_encoder``. The catalog
+    matrices may be existing variables (a :class:`~tfrec.search.hybrid.HybridScorer`'s, float32 or
+    float16): the layer then reads those, so a module holding both saves each matrix once, and
+    casts the rows it gathers to float32.
     """
 
-    def __init__(self, pair_features: Callable[[Any, Any], dict], catalog_dense: Optional[np.ndarray] = None,
-                 catalog_zero: Optional[np.ndarray] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None,
+    def __init__(self, pair_features: Callable[[Any, Any], dict], catalog_dense: Optional[Any] = None,
+                 catalog_zero: Optional[Any] = None, ids: Optional[np.ndarray] = None, titles: Optional[np.ndarray] = None,
                  *, retrieval: Any = None, zero_encoder: Any = None, catalog_columns: Optional[CatalogFeatureLookup] = None,
-                 **kwargs: Any) -> None:
+                 catalog_pair_features: Optional[Callable[[Any, Any, Any], dict]] = None, **kwargs: Any) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         if (catalog_dense is None) != (catalog_zero is None):
@@ -67,18 +76,20 @@ class RankerFeatures(tf.keras.layers.Layer):
         if catalog_dense is None and retrieval is None:
             raise ValueError("RankerFeatures needs the catalog matrices, the encoders (retrieval, zero_encoder), or both")
         self.pair_features = pair_features
+        self.catalog_pair_features = catalog_pair_features
         self.retrieval, self.zero_encoder = retrieval, zero_encoder
         self.columns = catalog_columns
         self.catalog: dict[str, Any] = {}
         if catalog_dense is not None:
             matrices = dict(zip(ITEM_VECTORS, (catalog_dense, catalog_zero)))
-            sizes = {len(m) for m in matrices.values()} | ({len(ids), len(titles)} if ids is not None else set())
+            sizes = {int(m.shape[0]) for m in matrices.values()} | ({len(ids), len(titles)} if ids is not None else set())
             if len(sizes) != 1:
                 raise ValueError("catalog_dense, catalog_zero, ids and titles must have one row per product; got %d, %d, %s, %s rows"
-                                 % (len(catalog_dense), len(catalog_zero), None if ids is None else len(ids),
+                                 % (catalog_dense.shape[0], catalog_zero.shape[0], None if ids is None else len(ids),
                                     None if titles is None else len(titles)))
             # Variables, not constants: every traced function shares one copy, and an export saves it once.
-            self.catalog = {name: tf.Variable(np.asarray(m, np.float32), trainable=False, name="catalog_" + name)
+            self.catalog = {name: m if isinstance(m, tf.Variable) else
+                            tf.Variable(np.asarray(m, np.float32), trainable=False, name="catalog_" + name)
                             for name, m in matrices.items()}
         self.item_dims = (
             {name: int(v.shape[1]) for name, v in self.catalog.items()} if self.catalog
@@ -129,7 +140,7 @@ class RankerFeatures(tf.keras.layers.Layer):
         }
         for name, values in self._items(rows, mask, flat_ids, flat_titles).items():
             features[name] = _unflatten(values, shape, self.item_dims[name])
-        lexical = self._lexical(tf.repeat(query, shape[1]), flat_titles, mask)
+        lexical = self._lexical(query, shape[1], flat_titles, rows, mask)
         features["lexical"] = _unflatten(lexical, shape, len(LEXICAL_FEATURES))
         real_ids = tf.where(mask, flat_ids, "")
         features["product_id"] = tf.reshape(real_ids, shape)
@@ -165,7 +176,11 @@ class RankerFeatures(tf.keras.layers.Layer):
         known_rows = tf.gather(rows, known_at)
         out = {}
         for name, dim in self.item_dims.items():
-            from_catalog = tf.gather(self.catalog[name], known_rows) if self.catalog else tf.zeros([0, dim])
+            # Gather from the variable's value, not the variable: a ResourceGather puts a variable in
+            # copy-on-read mode for good, and every full read of a shared matrix (the HybridScorer's
+            # matmul in the one-call search) would then copy all of it, on every request.
+            from_catalog = (tf.cast(tf.gather(tf.convert_to_tensor(self.catalog[name]), known_rows), tf.float32) if self.catalog
+                            else tf.zeros([0, dim]))
             padding = tf.zeros([tf.size(pad_at), dim])
             out[name] = tf.ensure_shape(tf.dynamic_stitch([known_at, new_at, pad_at], [from_catalog, encoded[name], padding]), [None, dim])
         return out
@@ -174,12 +189,23 @@ class RankerFeatures(tf.keras.layers.Layer):
         return {"product_vector": self.retrieval.product_vectors(product_id, title),
                 "product_zero": self.zero_encoder(title, training=False)}
 
-    def _lexical(self, query: Any, title: Any, mask: Any) -> Any:
-        """Flat [n, F] lexical features of the real (query, title) pairs; zeros at padding."""
-        real_at = tf.where(mask)
-        pairs = self.pair_features(tf.gather_nd(query, real_at), tf.gather_nd(title, real_at))
-        values = tf.stack([pairs[name] for name in LEXICAL_FEATURES], axis=-1)
-        return tf.scatter_nd(real_at, values, tf.stack([tf.size(mask, out_type=tf.int64), len(LEXICAL_FEATURES)]))
+    def _lexical(self, query: Any, length: Any, title: Any, rows: Any, mask: Any) -> Any:
+        """Flat [B * length, F] lexical features of the real (query [B], title) pairs; zeros at padding."""
+        length = tf.maximum(tf.cast(length, tf.int64), 1)  # lists of no items have no pairs to place
+        shape = tf.stack([tf.size(mask, out_type=tf.int64), len(LEXICAL_FEATURES)])
+
+        def by_title(at: Any) -> Any:
+            pairs = self.pair_features(tf.gather(query, at[:, 0] // length), tf.gather_nd(title, at))
+            return tf.stack([pairs[name] for name in LEXICAL_FEATURES], axis=-1)
+
+        if self.catalog_pair_features is None:
+            real_at = tf.where(mask)
+            return tf.scatter_nd(real_at, by_title(real_at), shape)
+        by_row_at, other_at = tf.where(mask & (rows >= 0)), tf.where(mask & (rows < 0))
+        pairs = self.catalog_pair_features(query, by_row_at[:, 0] // length, tf.gather_nd(rows, by_row_at))
+        by_row = tf.stack([pairs[name] for name in LEXICAL_FEATURES], axis=-1)
+        others = tf.cond(tf.size(other_at) > 0, lambda: by_title(other_at), lambda: tf.zeros([0, len(LEXICAL_FEATURES)]))
+        return tf.scatter_nd(tf.concat([by_row_at, other_at], 0), tf.concat([by_row, others], 0), shape)
 
     def _needs_encoders(self, what: str) -> None:
         if self.retrieval is None:
