@@ -14,6 +14,7 @@ EXPORT_DIR ?= export
 CHECK  ?= --check
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
+REDIS_PORT ?= 6379
 Q      ?= cordless drill
 SET    ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
@@ -22,7 +23,7 @@ NOTEBOOKS ?=
 SIZES  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all test-install notebooks export serve search tune evaluate bench bench-training bench-serving bench-scale bench-movielens data validate docs clean
+.PHONY: help setup train test test-all test-install notebooks export serve redis search tune evaluate bench bench-training bench-serving bench-scale bench-movielens data validate docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -63,6 +64,9 @@ export: $(STAMP) ## export the models of RUN (default: the newest finished run) 
 serve: $(STAMP) ## serve EXPORT_DIR on 127.0.0.1 (gRPC :8500, REST :8501); a development server, production uses serving/
 	$(BIN)/tfrec serve --export-dir $(EXPORT_DIR) --grpc-port $(GRPC_PORT) --rest-port $(REST_PORT)
 
+redis: $(STAMP) ## run a development redis-server on 127.0.0.1:REDIS_PORT (default 6379) until Ctrl-C
+	$(BIN)/tfrec redis --port $(REDIS_PORT)
+
 search: $(STAMP) ## search Q="cordless drill" against the server `make serve` started
 	$(BIN)/tfrec search "$(Q)" --server 127.0.0.1:$(GRPC_PORT) --export-dir $(EXPORT_DIR)
 
@@ -78,8 +82,8 @@ bench: $(STAMP) ## run the benchmarks; results are written under bench_results/
 bench-training: $(STAMP) ## two-tower throughput default vs mirrored (2 logical CPUs) and checkpoint overhead
 	$(BIN)/tfrec bench --out bench_results --only training
 
-bench-serving: $(STAMP) ## served latency/QPS and reliability through the development server (needs `make export`)
-	$(BIN)/tfrec bench --out bench_results --only serving --export-dir $(EXPORT_DIR)
+bench-serving: $(STAMP) ## served latency/QPS, reliability, result caches, events and catalog updates (needs `make export`; RUN=search run for updates)
+	$(BIN)/tfrec bench --out bench_results --only serving --only realtime --export-dir $(EXPORT_DIR) $(if $(RUN),--search-run $(RUN))
 
 bench-scale: $(STAMP) ## growth to 50M events: in-memory load vs tfrec data prepare + training from shards (SIZES="1M,5M" for fewer; hours at 50M)
 	$(BIN)/tfrec bench --out bench_results --only scale $(if $(SIZES),--scale-sizes $(SIZES))

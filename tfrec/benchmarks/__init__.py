@@ -19,6 +19,12 @@ def _serving(out_dir: Path, data_config: str, export_dir: Path) -> list[Path]:
     return serving.run(out_dir, data_config, export_dir=export_dir)
 
 
+def _realtime(out_dir: Path, data_config: str, export_dir: Path, search_run: Optional[Path] = None) -> list[Path]:
+    from tfrec.benchmarks import realtime  # starts servers (models and Redis) and runs catalog updates: only when asked
+
+    return realtime.run(out_dir, data_config, export_dir=export_dir, search_run=search_run)
+
+
 def _training(out_dir: Path, data_config: str, _export: Path) -> list[Path]:
     from tfrec.benchmarks import training  # child processes train the two towers: only when asked
 
@@ -41,6 +47,7 @@ BENCHMARKS = {
     "data_layer": lambda out, config, _export: data_layer.run(out, config),
     "text_encoding": lambda out, config, _export: _text_encoding(out, config),
     "serving": _serving,
+    "realtime": _realtime,
     "training": _training,
     "movielens": _movielens,
     "scale": _scale,
@@ -50,7 +57,8 @@ ON_REQUEST = ("scale",)
 
 
 def run_benchmarks(out_dir: Path, only: Optional[list[str]] = None, data_config: str = "configs/default.yaml",
-                   export_dir: Path = Path("export"), scale_sizes: Optional[list[int]] = None) -> list[Path]:
+                   export_dir: Path = Path("export"), scale_sizes: Optional[list[int]] = None,
+                   search_run: Optional[Path] = None) -> list[Path]:
     """Run the selected benchmarks (default: all but the growth benchmark) and return the result files written."""
     names = only or [n for n in BENCHMARKS if n not in ON_REQUEST]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -61,6 +69,8 @@ def run_benchmarks(out_dir: Path, only: Optional[list[str]] = None, data_config:
     for name in names:
         if name == "scale":
             written.extend(_scale(out_dir, data_config, Path(export_dir), scale_sizes))
+        elif name == "realtime":
+            written.extend(_realtime(out_dir, data_config, Path(export_dir), search_run))
         else:
             written.extend(BENCHMARKS[name](out_dir, data_config, Path(export_dir)))
     return written
