@@ -93,6 +93,23 @@ def tensorflow() -> Any:
     return tf
 
 
+@contextlib.contextmanager
+def keras_saves_without_traces() -> Iterator[None]:
+    """Within the block, SavedModels hold no tf-keras per-layer call traces (about half the save time).
+
+    TF Serving and tfrec's clients run the exported signatures, and a run's models are rebuilt from
+    its config and weights, never revived from an export's Keras metadata, so nothing reads them.
+    tf-keras exposes the switch only in a private module; without it, saves keep the traces.
+    """
+    try:
+        from tf_keras.src.saving.legacy.saved_model import utils
+        scope = utils.keras_option_scope(save_traces=False)
+    except (ImportError, AttributeError, TypeError):
+        scope = contextlib.nullcontext()
+    with scope:
+        yield
+
+
 def data_dir_from_environment() -> str | None:
     """Return ``$TFREC_DATA_DIR`` if set and non-empty (the only environment input of tfrec)."""
     value = os.environ.get("TFREC_DATA_DIR", "").strip()

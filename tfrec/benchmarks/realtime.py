@@ -210,16 +210,19 @@ def _update(run_dir: Path, export_dir: Path, changes: Path) -> tuple[int, str, f
 
 
 def catalog_updates(run_dir: Path, served: Path, address: str, catalog: ProductCatalog, queries: list[str],
-                    sizes: tuple[int, ...] = (1000, 10000)) -> dict:
-    """Time from `tfrec catalog update` to serving for each size; the first one under an 8-client search load."""
+                    sizes: tuple[int, ...] = (1000, 10000), under_load: tuple[int, ...] = (1000,)) -> dict:
+    """Time from `tfrec catalog update` to serving for each size; those in ``under_load`` while 8 clients search."""
     from tfrec.serving.grpc_client import GrpcClient
     from tfrec.serving.savedmodel import version_folders
 
     out: dict = {}
-    ids, titles = catalog.ids(), [catalog.title(i) for i in catalog.ids()]
     with GrpcClient(address, timeout=30.0) as client:
         service = SearchService(client, catalog, candidates=100)
-        for n, loaded in zip(sizes, (True,) + (False,) * (len(sizes) - 1)):
+        for n in sizes:
+            loaded = n in under_load
+            current = ProductCatalog.from_export(served)  # what the previous update left: changes apply to it
+            ids = current.ids()
+            titles = [current.title(i) for i in ids]
             changes = served.parent / ("changes_%d.csv" % n)
             counts = write_changes(changes, ids, titles, n, seed=n)
             version = max(version_folders(served / RETRIEVAL_MODEL)) + 1
@@ -323,7 +326,7 @@ def markdown(meta: dict, r: dict) -> str:
     if "event_to_recommendation" in r:
         e = r["event_to_recommendation"]
         lines += ["## Event to recommendation", "",
-                  "While %.0f events/s were ingested (%.0f achieved), %d probes each added one event and asked for "
+                  "While %.0f events/s were ingested (%.0f achieved), %d test shoppers each added one event and asked for "
                   "recommendations: p50 %s ms, p99 %s ms from the event to the answer; the event was the newest in the "
                   "history read in %d of %d, and the list changed in %d of %d."
                   % (e["ingest_rate_target"], e["ingest_rate_achieved"], e["probes"], e["event_to_recommendation"]["p50_ms"],

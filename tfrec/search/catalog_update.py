@@ -460,19 +460,6 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
         seconds[name] = seconds.get(name, 0.0) + time.monotonic() - started
 
 
-@contextlib.contextmanager
-def _without_keras_traces() -> Iterator[None]:
-    """Save SavedModels without tf-keras' per-layer call traces: half the save time, and nothing reads them.
-
-    TF Serving and tfrec's clients run the exported signatures; a run's models are rebuilt from its
-    config and weights, never revived from an export's Keras metadata.
-    """
-    from tf_keras.src.saving.legacy.saved_model import utils  # lazy: only a save needs it
-
-    with utils.keras_option_scope(save_traces=False):
-        yield
-
-
 def _checked_changes(folder: RunFolder, export_dir: Path, changes_file: Path, numeric: Sequence[str],
                      categorical: Sequence[str]) -> tuple[ServedState, list[Change]]:
     """The served state and the changes file, checked against each other and the run (nothing is written)."""
@@ -553,9 +540,8 @@ def update_catalog(run_dir: Path, export_dir: Path, changes_file: Path, version:
             # The state goes first: a published version must always find it (an unpublished one's is pruned).
             _write_overlay(state_dir, overlay, folder.root.name)
             try:
-                with _without_keras_traces():
-                    published = export_search(models, export_dir, version=version, run=folder.root.name,
-                                              scann=(export_dir / "scann" / RETRIEVAL_MODEL).is_dir())
+                published = export_search(models, export_dir, version=version, run=folder.root.name,
+                                          scann=(export_dir / "scann" / RETRIEVAL_MODEL).is_dir())
             finally:
                 prune_states(export_dir)
     new_version = int(Path(next(iter(published.values()))["path"]).name)

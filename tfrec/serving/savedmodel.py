@@ -130,7 +130,7 @@ def write_saved_model(
 ) -> Path:
     """Write ``module`` as a SavedModel into ``folder`` (signatures, method names, warm-up file, extra files)."""
     folder = Path(folder)
-    with _without_keras_metadata_notices():
+    with _without_keras_metadata_notices(), compat.keras_saves_without_traces():
         tf.saved_model.save(module, str(folder), signatures=dict(signatures), options=options)
     if methods:
         set_method_names(folder, methods)
