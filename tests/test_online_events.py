@@ -264,7 +264,9 @@ def test_paced_ingest_runs_in_a_thread_until_stopped(redis_url):
     assert not thread.is_alive()
     report = result["report"]
     assert report.stopped
-    assert 0 < report.ingested <= 1000 * elapsed + 10  # paced: never ahead of 1,000 events/s (one 10 ms step of slack)
+    # paced: never ahead of 1,000 events/s; slack: the 10 ms step sent at once, and the one already read when
+    # stop arrives mid-wait (sent, not dropped: it was taken from the stream)
+    assert 0 < report.ingested <= 1000 * elapsed + 20
     assert sum(len(h) for h in store.histories(["u%d" % i for i in range(10)])) == report.ingested
 
 

@@ -429,8 +429,9 @@ def _history_source(stats: dict) -> str:
     return "no events in Redis: the --history given"
 
 
-def _event_store(args: argparse.Namespace) -> Any:
+def _event_store(args: argparse.Namespace, min_timeout_ms: int = 0) -> Any:
     """The event store --redis or the config's online section names (UsageError when neither names a Redis)."""
+    # lazy: the light commands start without the redis client
     from tfrec.online.events import EventStore
     from tfrec.online.link import RedisLink
 
@@ -439,7 +440,7 @@ def _event_store(args: argparse.Namespace) -> Any:
     if not url:
         raise UsageError("no Redis configured: pass --redis redis://HOST:PORT/0 or set online.redis_url in the config "
                          "(`tfrec redis` starts one on 127.0.0.1:6379)")
-    link = RedisLink(url, online.namespace, timeout_ms=online.timeout_ms, retry_seconds=online.retry_seconds)
+    link = RedisLink(url, online.namespace, timeout_ms=max(online.timeout_ms, min_timeout_ms), retry_seconds=online.retry_seconds)
     return EventStore.from_config(online, link=link)
 
 
@@ -448,18 +449,10 @@ def cmd_events_ingest(args: argparse.Namespace) -> int:
 
     Lines that cannot be used are skipped and counted by reason; the exit code is 0 once the whole file was read.
     """
-    # lazy: the light commands start without the redis client
-    from tfrec.online.events import EventStore
-    from tfrec.online.ingest import FIELDS, IngestError, ingest
-    from tfrec.online.link import RedisLink
+    from tfrec.online.ingest import FIELDS, IngestError, ingest  # lazy, as in _event_store
 
     if args.batch < 1 or (args.rate is not None and not args.rate > 0):
         raise UsageError("--batch must be >= 1 and --rate > 0, got --batch %d --rate %s" % (args.batch, args.rate))
-    online = load_config(args.config, args.set or [], resolve_data_dir=False).config.online
-    url = args.redis or online.redis_url
-    if not url:
-        raise UsageError("no Redis configured: pass --redis redis://HOST:PORT/0 or set online.redis_url in the config "
-                         "(`tfrec redis` starts one on 127.0.0.1:6379)")
     if args.file != "-" and not (Path(args.file).is_file() and os.access(args.file, os.R_OK)):
         raise UsageError("cannot read the events file %s" % args.file)
     columns = {}
@@ -475,11 +468,11 @@ def cmd_events_ingest(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as err:
             raise UsageError("no recommender catalog to check items against: %s" % err) from err
     # Ingest is not on a request's path: it may wait longer for Redis than serving does.
-    link = RedisLink(url, online.namespace, timeout_ms=max(online.timeout_ms, 5000), retry_seconds=online.retry_seconds)
+    store = _event_store(args, min_timeout_ms=5000)
+    link = store.link
     try:
         if not link.run("ping", lambda client: client.ping(), False):
             raise CommandError("Redis does not answer (%s)" % link.last_error)
-        store = EventStore.from_config(online, link=link)
         source = (getattr(sys.stdin, "buffer", sys.stdin) if args.file == "-" else args.file)
         try:
             report = ingest(source, store, known, batch=args.batch, rate=args.rate, columns=columns or None, fmt=args.format)
